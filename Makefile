@@ -1,0 +1,28 @@
+# The two Quickstart commands: `make book` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: book test notebooks clean
+
+book: $(VENV)/.installed
+	$(BIN)/jupyter-book build .
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/pytest tests
+	$(BIN)/pytest --nbval --nbval-current-env notebooks
+	$(BIN)/jupyter-book build . --all -W --keep-going
+
+# Re-execute every chapter in place after editing it, so that its stored outputs are current.
+notebooks: $(VENV)/.installed
+	$(BIN)/jupyter execute --inplace notebooks/*.ipynb
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
+	touch $@
+
+clean:
+	rm -rf _build .pytest_cache .hypothesis

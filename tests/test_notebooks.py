@@ -1,0 +1,128 @@
+"""The chapters' notebooks: structure, one source of truth with lora_edu, and runnable solutions.
+
+nbval (`pytest --nbval notebooks`) re-runs the notebooks and compares their outputs; these tests check
+what nbval does not.
+"""
+
+import ast
+import importlib
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SAVED = re.compile(r"^# Saved in (lora_edu/\w+\.py)\n")
+SOLUTION = re.compile(r"^````\{solution\}(.*?)^````$", re.S | re.M)
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.S | re.M)
+
+sys.path.insert(0, str(ROOT / "tools"))
+from colab_setup import setup_cell  # noqa: E402
+
+
+def read(path):
+    return nbformat.read(path, as_version=4)
+
+
+def definitions(source: str) -> dict[str, str]:
+    """Top-level functions and classes in `source`, name → exact text including decorators."""
+    lines, found = source.splitlines(), {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            found[node.name] = "\n".join(lines[start - 1 : node.end_lineno])
+    return found
+
+
+def test_every_chapter_is_in_the_table_of_contents():
+    toc = (ROOT / "_toc.yml").read_text()
+    assert NOTEBOOKS, "no notebooks found"
+    for path in NOTEBOOKS:
+        assert f"file: notebooks/{path.stem}" in toc, f"{path.name} is missing from _toc.yml"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_metadata_lets_the_book_highlight_code(path):
+    metadata = read(path).metadata
+    assert metadata["kernelspec"]["name"] == "python3"
+    assert metadata["language_info"]["name"] == "python"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_first_cell_is_the_colab_setup_cell_from_config(path):
+    first, expected = read(path).cells[0], setup_cell()
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    assert first.source == expected.source, "run `python tools/colab_setup.py`"
+    assert f"git+{url}" in first.source
+    assert "nbval-skip" in first.metadata.get("tags", [])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_code_cell_has_stored_outputs_and_no_errors_or_warnings(path):
+    code = [c for c in read(path).cells if c.cell_type == "code" and c.source.strip()]
+    executed = [c.execution_count for c in code]
+    assert all(executed), f"{path.name} has unexecuted cells: run `make notebooks`"
+    assert executed == sorted(executed), f"{path.name} was not run top to bottom"
+    for cell in code:
+        for output in cell.outputs:
+            assert output.output_type != "error", f"{path.name}: a stored error in\n{cell.source}"
+            assert not (output.output_type == "stream" and output.name == "stderr" and "Warning" in output.text), (
+                f"{path.name}: a stored warning: {output.text}"
+            )
+
+
+def saved_cells():
+    for path in NOTEBOOKS:
+        for cell in read(path).cells:
+            if cell.cell_type == "code" and (match := SAVED.match(cell.source)):
+                yield pytest.param(path, match.group(1), cell.source, id=f"{path.stem}:{match.group(1)}")
+
+
+@pytest.mark.parametrize(("path", "module_file", "source"), list(saved_cells()))
+def test_code_taught_in_a_chapter_is_the_code_in_lora_edu(path, module_file, source):
+    taught = definitions(source)
+    assert taught, f"a '# Saved in' cell of {path.name} defines nothing"
+    saved = definitions((ROOT / module_file).read_text())
+    for name, text in taught.items():
+        assert name in saved, f"{path.name} teaches {name}, which {module_file} does not define"
+        assert text == saved[name], f"{name} in {path.name} has drifted from {module_file}"
+
+
+def test_at_least_one_saved_cell_per_linear_algebra_chapter():
+    chapters = {param.values[0].stem for param in saved_cells()}
+    assert {"01_matrix_rank", "03_low_rank_approximation"} <= chapters
+
+
+def solution_blocks():
+    for path in NOTEBOOKS:
+        markdown = "\n".join(c.source for c in read(path).cells if c.cell_type == "markdown")
+        blocks = [code for solution in SOLUTION.findall(markdown) for code in PYTHON_BLOCK.findall(solution)]
+        for i, code in enumerate(blocks):
+            yield pytest.param(code, id=f"{path.stem}:solution-{i}")
+
+
+@pytest.mark.parametrize("code", list(solution_blocks()))
+def test_the_code_in_every_solution_runs_and_its_assertions_hold(code, capsys):
+    exec(compile(textwrap.dedent(code), "<solution>", "exec"), {})
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_chapter_ends_with_at_least_three_exercises_with_solutions(path):
+    markdown = "\n".join(c.source for c in read(path).cells if c.cell_type == "markdown")
+    labels = re.findall(r"````\{exercise\}.*\n:label: ([\w-]+)", markdown)
+    solved = re.findall(r"````\{solution\} ([\w-]+)\n:class: dropdown", markdown)
+    assert len(labels) >= 3 and sorted(labels) == sorted(solved)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_chapter_offers_a_check_from_lora_edu(path):
+    markdown = "\n".join(c.source for c in read(path).cells if c.cell_type == "markdown")
+    checks = set(re.findall(r"`(check_\w+)\(", markdown))
+    exercises = importlib.import_module("lora_edu.exercises")
+    assert checks, f"{path.name} names no check"
+    assert all(hasattr(exercises, name) for name in checks), checks

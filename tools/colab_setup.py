@@ -1,0 +1,49 @@
+"""Write each notebook's Colab setup cell from the one repository URL in `_config.yml`.
+
+Colab opens a notebook alone, without the repository, so each notebook must carry the install
+command itself. The URL is still written by hand only in `_config.yml`; run this script after
+changing it, and `tests/test_notebooks.py` fails until every notebook agrees.
+
+    python tools/colab_setup.py
+"""
+
+from pathlib import Path
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def repository_url() -> str:
+    """The repository URL that `_config.yml` gives to the launch buttons."""
+    return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
+def setup_cell() -> nbformat.NotebookNode:
+    """The first cell of every chapter: installs `lora_edu` in Colab and does nothing elsewhere."""
+    source = (
+        "# Setup: in Google Colab, install the course's helper package `lora_edu`; elsewhere, do nothing.\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    %pip install --quiet "lora-edu @ git+{repository_url()}"'
+    )
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["tags"] = ["nbval-skip"]
+    return cell
+
+
+def main() -> None:
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        fresh = setup_cell()
+        if notebook.cells[0].source != fresh.source:
+            notebook.cells[0].source = fresh.source
+            notebook.cells[0].metadata["tags"] = fresh.metadata["tags"]
+            nbformat.write(notebook, path)
+            print(f"updated {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
