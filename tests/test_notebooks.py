@@ -57,9 +57,9 @@ def test_notebook_metadata_lets_the_book_highlight_code(path):
 def test_the_first_cell_is_the_colab_setup_cell_from_config(path):
     first, expected = read(path).cells[0], setup_cell()
     url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
-    assert first.source == expected.source, "run `python tools/colab_setup.py`"
+    assert first.source == expected.source and first.metadata == expected.metadata, "run `python tools/colab_setup.py`"
     assert f"git+{url}" in first.source
-    assert "nbval-skip" in first.metadata.get("tags", [])
+    assert {"nbval-skip", "remove-cell"} <= set(first.metadata["tags"])
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

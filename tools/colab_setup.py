@@ -30,17 +30,17 @@ def setup_cell() -> nbformat.NotebookNode:
         f'    %pip install --quiet "lora-edu @ git+{repository_url()}"'
     )
     cell = nbformat.v4.new_code_cell(source)
-    cell.metadata["tags"] = ["nbval-skip"]
+    # nbval skips it; the rendered book hides it (the launch buttons do its job there).
+    cell.metadata["tags"] = ["nbval-skip", "remove-cell"]
     return cell
 
 
 def main() -> None:
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
-        fresh = setup_cell()
-        if notebook.cells[0].source != fresh.source:
-            notebook.cells[0].source = fresh.source
-            notebook.cells[0].metadata["tags"] = fresh.metadata["tags"]
+        first, fresh = notebook.cells[0], setup_cell()
+        if (first.source, first.metadata) != (fresh.source, fresh.metadata):
+            first.source, first.metadata = fresh.source, fresh.metadata
             nbformat.write(notebook, path)
             print(f"updated {path.relative_to(ROOT)}")
 
