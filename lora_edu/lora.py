@@ -63,10 +63,14 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.empty(out_features, r, device=device, dtype=dtype))
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.merged = False
+        self.freeze_base_layer()
+        self.reset_lora_parameters()
+
+    def freeze_base_layer(self) -> None:
+        """Stop gradients to W₀ and b: LoRA trains only A and B."""
         self.weight.requires_grad_(False)
         if self.bias is not None:
             self.bias.requires_grad_(False)
-        self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
         """Draw A at random and set B to zero, so that ΔW = BA = 0 and the layer starts as W₀."""
@@ -112,6 +116,7 @@ class LoRALinear(nn.Linear):
         # Build on the meta device, so that no throwaway weight is allocated or initialised.
         layer = cls(linear.in_features, linear.out_features, r, lora_alpha, linear.bias is not None, device="meta", **options)
         layer.weight, layer.bias = linear.weight, linear.bias
+        layer.freeze_base_layer()
         layer.lora_A = nn.Parameter(torch.empty(layer.lora_A.shape, device=device, dtype=dtype))
         layer.lora_B = nn.Parameter(torch.empty(layer.lora_B.shape, device=device, dtype=dtype))
         layer.reset_lora_parameters()
@@ -272,6 +277,21 @@ def read_adapter_config(directory) -> dict:
     if absent:
         # PEFT would silently fall back to r = 8, lora_alpha = 8; guessing would give wrong outputs.
         raise ValueError(f"{directory / ADAPTER_CONFIG} lacks {', '.join(absent)}")
+    # Features of PEFT that this from-scratch layer does not implement: loading such an adapter anyway
+    # would give a model that silently computes something else.
+    unsupported = {
+        "target_modules as a regular expression": isinstance(config["target_modules"], str),
+        "use_dora": config.get("use_dora"),
+        "rank_pattern": config.get("rank_pattern"),
+        "alpha_pattern": config.get("alpha_pattern"),
+        "layers_to_transform": config.get("layers_to_transform"),
+        "modules_to_save": config.get("modules_to_save"),
+        "fan_in_fan_out": config.get("fan_in_fan_out"),
+        "bias other than 'none'": config.get("bias", "none") != "none",
+    }
+    used = [feature for feature, value in unsupported.items() if value]
+    if used:
+        raise ValueError(f"the adapter in {directory} uses {', '.join(used)}, which lora_edu does not support; load it with PEFT")
     return config
 
 
