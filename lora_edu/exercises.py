@@ -9,6 +9,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+import torch
 
 from lora_edu import linalg
 
@@ -91,3 +92,51 @@ def check_lora_parameter_count(d: int, k: int, r: int, answer: int) -> bool:
     elif answer == r * max(d, k) or answer == r * min(d, k):
         hint = "You counted one factor. Add the other: B is d×r and A is r×k."
     return _report(answer == expected, f"r(d + k) = {expected:,} numbers instead of {d * k:,}.", hint)
+
+
+def _lora_case(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    x, W, b = torch.randn(5, 7, generator=generator), torch.randn(4, 7, generator=generator), torch.randn(4, generator=generator)
+    A, B = torch.randn(3, 7, generator=generator), torch.randn(4, 3, generator=generator)
+    return x, W, b, A, B, 2.0
+
+
+def check_lora_forward(lora_forward) -> bool:
+    """Check a learner's lora_forward(x, W, b, A, B, scaling) → (batch, out) for x (batch, in). [Ch. 4, Exercise 4.1]"""
+    x, W, b, A, B, scaling = _lora_case()
+    expected = x @ W.T + b + scaling * (x @ A.T @ B.T)
+    try:
+        result = lora_forward(x, W, b, A, B, scaling)
+    except RuntimeError as error:
+        return _report(False, "", f"It raised {error}. Shapes: x is batch×in, W is out×in, A is r×in and B is out×r.")
+    if not isinstance(result, torch.Tensor) or result.shape != expected.shape:
+        shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
+        return _report(False, "", f"The result should have shape {tuple(expected.shape)} (batch, out), got {shape}.")
+    if torch.allclose(result, x @ W.T + b + x @ A.T @ B.T, atol=1e-5):
+        return _report(False, "", "You forgot the scaling α/r on the low-rank path.")
+    if torch.allclose(result, x @ W.T + scaling * (x @ A.T @ B.T), atol=1e-5):
+        return _report(False, "", "You dropped the bias b of the frozen layer.")
+    return _report(
+        torch.allclose(result, expected, atol=1e-5),
+        "Your forward pass matches W₀x + b + (α/r)·BAx.",
+        "The values are off. Compute the frozen path and the low-rank path separately, then add them.",
+    )
+
+
+def check_merged_weight(merged_weight) -> bool:
+    """Check a learner's merged_weight(W, A, B, scaling) → (out, in). [Ch. 4, Exercise 4.2]"""
+    _, W, _, A, B, scaling = _lora_case(seed=1)
+    expected = W + scaling * B @ A
+    try:
+        result = merged_weight(W.clone(), A, B, scaling)
+    except RuntimeError as error:
+        return _report(False, "", f"It raised {error}. W is out×in, B is out×r and A is r×in, so B @ A has the shape of W.")
+    if not isinstance(result, torch.Tensor) or result.shape != W.shape:
+        return _report(False, "", f"The merged weight has the shape of W, {tuple(W.shape)}. B is out×r and A is r×in: use B @ A.")
+    if torch.allclose(result, W + B @ A, atol=1e-5):
+        return _report(False, "", "You forgot the scaling α/r.")
+    return _report(
+        torch.allclose(result, expected, atol=1e-5),
+        "W₀ + (α/r)·BA: one matrix, so inference costs what the base layer costs.",
+        "The values are off. ΔW = (α/r)·B @ A has the shape of W; add it to W.",
+    )

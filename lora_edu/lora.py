@@ -123,7 +123,8 @@ class LoRALinear(nn.Linear):
         return layer
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, r={self.r}, lora_alpha={self.lora_alpha}, merged={self.merged}"
+        # nn.Linear.extra_repr by name rather than super(), so that the method also works outside the class body.
+        return f"{nn.Linear.extra_repr(self)}, r={self.r}, lora_alpha={self.lora_alpha}, merged={self.merged}"
 
 
 # --- Whole models ---------------------------------------------------------------------------

@@ -30,12 +30,31 @@ def read(path):
 
 
 def definitions(source: str) -> dict[str, str]:
-    """Top-level functions and classes in `source`, name → exact text including decorators."""
+    """Functions, classes and methods defined in `source`, as name → exact text, dedented.
+
+    A class is split into "Class" (its header, docstring and fields) and "Class.method" for each method,
+    so that a chapter may build a class cell by cell: a function decorated with `@add_to_class(Class)`
+    counts as "Class.method".
+    """
     lines, found = source.splitlines(), {}
+
+    def text(node, skip_add_to_class=False):
+        decorators = [d for d in node.decorator_list if not (skip_add_to_class and is_add_to_class(d))]
+        start = min([d.lineno for d in decorators] + [node.lineno])
+        return textwrap.dedent("\n".join(lines[start - 1 : node.end_lineno]))
+
+    def is_add_to_class(decorator):
+        return isinstance(decorator, ast.Call) and getattr(decorator.func, "id", None) == "add_to_class"
+
     for node in ast.parse(source).body:
-        if isinstance(node, ast.FunctionDef | ast.ClassDef):
-            start = min([d.lineno for d in node.decorator_list] + [node.lineno])
-            found[node.name] = "\n".join(lines[start - 1 : node.end_lineno])
+        if isinstance(node, ast.ClassDef):
+            methods = [n for n in node.body if isinstance(n, ast.FunctionDef)]
+            rest = [ast.get_source_segment(source, n) for n in node.body if n not in methods]
+            found[node.name] = "\n".join([lines[node.lineno - 1], *rest])
+            found.update({f"{node.name}.{m.name}": text(m) for m in methods})
+        elif isinstance(node, ast.FunctionDef):
+            owner = next((d.args[0].id for d in node.decorator_list if is_add_to_class(d)), None)
+            found[f"{owner}.{node.name}" if owner else node.name] = text(node, skip_add_to_class=True)
     return found
 
 
@@ -80,10 +99,12 @@ def saved_cells():
     for path in NOTEBOOKS:
         for cell in read(path).cells:
             if cell.cell_type == "code" and (match := SAVED.match(cell.source)):
-                yield pytest.param(path, match.group(1), cell.source, id=f"{path.stem}:{match.group(1)}")
+                yield path, match.group(1), cell.source
 
 
-@pytest.mark.parametrize(("path", "module_file", "source"), list(saved_cells()))
+@pytest.mark.parametrize(
+    ("path", "module_file", "source"), [pytest.param(*c, id=f"{c[0].stem}:{c[1]}") for c in saved_cells()]
+)
 def test_code_taught_in_a_chapter_is_the_code_in_lora_edu(path, module_file, source):
     taught = definitions(source)
     assert taught, f"a '# Saved in' cell of {path.name} defines nothing"
@@ -93,8 +114,20 @@ def test_code_taught_in_a_chapter_is_the_code_in_lora_edu(path, module_file, sou
         assert text == saved[name], f"{name} in {path.name} has drifted from {module_file}"
 
 
-def test_at_least_one_saved_cell_per_linear_algebra_chapter():
-    chapters = {param.values[0].stem for param in saved_cells()}
+def test_a_class_a_chapter_builds_is_built_completely():
+    taught, saved = {}, {}
+    for path, module_file, source in saved_cells():
+        taught.setdefault(path.stem, set()).update(definitions(source))
+        saved.update({(module_file, k): k for k in definitions((ROOT / module_file).read_text())})
+    for chapter, names in taught.items():
+        classes = {name.split(".")[0] for name in names if "." in name}
+        for _, name in saved:
+            if "." in name and name.split(".")[0] in classes:
+                assert name in names, f"{chapter} builds {name.split('.')[0]} but never shows {name}"
+
+
+def test_at_least_one_saved_cell_per_chapter_that_writes_code():
+    chapters = {path.stem for path, _, _ in saved_cells()}
     assert {"01_matrix_rank", "03_low_rank_approximation"} <= chapters
 
 
