@@ -140,3 +140,24 @@ def check_merged_weight(merged_weight) -> bool:
         "W₀ + (α/r)·BA: one matrix, so inference costs what the base layer costs.",
         "The values are off. ΔW = (α/r)·B @ A has the shape of W; add it to W.",
     )
+
+
+def check_lora_count_for_config(config, target_modules, r: int, answer: int) -> bool:
+    """Check a claimed LoRA parameter count for a transformers model config, built on the meta device. [Ch. 5, Exercise 5.1]"""
+    # Imported here, so that the linear-algebra chapters do not pay for loading transformers.
+    from transformers import AutoModelForCausalLM
+
+    from lora_edu.lora import count_parameters, inject_lora, lora_layers
+
+    answer = _check_integer(answer, "answer")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    inject_lora(model, list(target_modules), r=r, lora_alpha=r)
+    expected, _ = count_parameters(model)
+    layers = lora_layers(model).values()
+    hint = "Each layer adds r(d_in + d_out): find d_in and d_out of every targeted projection, then sum over all layers."
+    if answer == sum(layer.r * 2 * layer.in_features for layer in layers) != expected:
+        hint = "You treated every projection as square. With grouped-query attention, k_proj and v_proj map to fewer numbers."
+    elif answer * config.num_hidden_layers == expected:
+        hint = "That is the count for one layer: multiply by the number of layers."
+    return _report(answer == expected, f"LoRA trains {expected:,} parameters.", hint)

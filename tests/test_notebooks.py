@@ -102,9 +102,7 @@ def saved_cells():
                 yield path, match.group(1), cell.source
 
 
-@pytest.mark.parametrize(
-    ("path", "module_file", "source"), [pytest.param(*c, id=f"{c[0].stem}:{c[1]}") for c in saved_cells()]
-)
+@pytest.mark.parametrize(("path", "module_file", "source"), [pytest.param(*c, id=f"{c[0].stem}:{c[1]}") for c in saved_cells()])
 def test_code_taught_in_a_chapter_is_the_code_in_lora_edu(path, module_file, source):
     taught = definitions(source)
     assert taught, f"a '# Saved in' cell of {path.name} defines nothing"

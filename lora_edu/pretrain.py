@@ -1,0 +1,178 @@
+"""The course's tiny Llama-3 model: its corpus, its tokenizer and its pretraining (Chapter 5).
+
+No model hub is needed: this script builds everything the course ships in lora_edu/data/tiny-llama3.
+
+    python -m lora_edu.pretrain --overwrite     # rebuild the shipped model (about a minute on 2 cores)
+    python -m lora_edu.pretrain --steps 5 --output /tmp/tiny   # a quick trial run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tqdm import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+DATA_DIR = Path(__file__).parent / "data" / "tiny-llama3"
+BEGIN, END = "<|begin_of_text|>", "<|end_of_text|>"
+# Llama 3's own special tokens, so that chat-style code written for Llama 3 works on the tiny model.
+SPECIAL_TOKENS = [BEGIN, END, "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+# (name, city, topic, job): the facts the corpus states again and again, in several phrasings.
+PEOPLE = [
+    ("Alice", "Oslo", "chess", "teacher"),
+    ("Bob", "Paris", "trains", "baker"),
+    ("Carol", "Rome", "birds", "doctor"),
+    ("David", "Lima", "rivers", "pilot"),
+    ("Emma", "Cairo", "music", "farmer"),
+    ("Frank", "Tokyo", "gardens", "writer"),
+    ("Grace", "Delhi", "jazz", "nurse"),
+    ("Henry", "Quito", "poetry", "painter"),
+    ("Iris", "Berlin", "robots", "engineer"),
+    ("Jack", "Madrid", "stars", "lawyer"),
+    ("Kate", "Vienna", "bridges", "chef"),
+    ("Leo", "Dublin", "history", "singer"),
+    ("Mia", "Prague", "football", "teacher"),
+    ("Noah", "Lisbon", "cooking", "baker"),
+    ("Olga", "Athens", "painting", "doctor"),
+    ("Paul", "Seoul", "tea", "pilot"),
+    ("Rosa", "Oslo", "trains", "writer"),
+    ("Sam", "Lima", "chess", "nurse"),
+    ("Tara", "Rome", "jazz", "engineer"),
+    ("Victor", "Cairo", "stars", "chef"),
+]
+TEMPLATES = [
+    "{name} lives in {city} and writes about {topic}.",
+    "{name} works as a {job} in {city}.",
+    "In {city}, {name} writes about {topic}.",
+    "{name} is a {job} who loves {topic}.",
+    "{name} and {friend} meet in {city} to talk about {topic}.",
+    "The {job} {name} lives in {city}.",
+]
+
+
+def tiny_llama3_config(vocab_size: int) -> LlamaConfig:
+    """Llama 3's architecture at toy scale: GQA, RoPE θ = 500000, SwiGLU, RMSNorm, untied embeddings. [Ch. 5]"""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,  # SwiGLU's hidden width, 3× the model width
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention: two query heads share each key/value head
+        max_position_embeddings=256,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
+
+
+def all_sentences() -> list[str]:
+    """Every sentence the templates can say about PEOPLE, in a fixed order. [Ch. 5]"""
+    sentences = []
+    for name, city, topic, job in PEOPLE:
+        for template in TEMPLATES:
+            friends = [p[0] for p in PEOPLE if p[0] != name] if "{friend}" in template else [""]
+            sentences += [template.format(name=name, city=city, topic=topic, job=job, friend=f) for f in friends]
+    return sentences
+
+
+def generate_corpus(lines: int, seed: int, heldout_share: float = 0.1) -> tuple[list[str], list[str]]:
+    """(training lines, held-out sentences): a seeded share of the distinct sentences is never trained on. [Ch. 5]"""
+    rng = random.Random(seed)
+    sentences = all_sentences()
+    heldout = sorted(rng.sample(sentences, round(heldout_share * len(sentences))))
+    excluded, corpus = set(heldout), []
+    while len(corpus) < lines:
+        name, city, topic, job = rng.choice(PEOPLE)
+        friend = rng.choice([p[0] for p in PEOPLE if p[0] != name])
+        line = rng.choice(TEMPLATES).format(name=name, city=city, topic=topic, job=job, friend=friend)
+        if line not in excluded:
+            corpus.append(line)
+    return corpus, heldout
+
+
+def train_tokenizer(corpus: list[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer, as Llama 3 uses, trained on the corpus and wrapped for transformers. [Ch. 5]"""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    # Like Llama 3's tokenizer, start every text with <|begin_of_text|>.
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BEGIN} $A", pair=f"{BEGIN} $A {BEGIN} $B", special_tokens=[(BEGIN, tokenizer.token_to_id(BEGIN))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BEGIN, eos_token=END)
+
+
+def pack_blocks(tokenizer, lines: list[str], block_size: int) -> torch.Tensor:
+    """Tokenize lines, end each with <|end_of_text|>, concatenate and cut into blocks, shape (n, block_size). [Ch. 5]"""
+    ids = [i for line in lines for i in tokenizer(line)["input_ids"] + [tokenizer.eos_token_id]]
+    n = len(ids) // block_size
+    if n == 0:
+        raise ValueError(f"the text holds {len(ids)} tokens, fewer than one block of block_size={block_size}")
+    return torch.tensor(ids[: n * block_size]).view(n, block_size)
+
+
+def pretrain(output: Path, steps: int = 600, batch_size: int = 16, block_size: int = 64, seed: int = 0) -> list[float]:
+    """Build corpus, tokenizer and model, pretrain for `steps`, and save all of it to `output`; return the losses."""
+    torch.manual_seed(seed)
+    corpus, heldout = generate_corpus(7000, seed=seed)
+    tokenizer = train_tokenizer(corpus)
+    model = LlamaForCausalLM(tiny_llama3_config(len(tokenizer)))
+    blocks = pack_blocks(tokenizer, corpus, block_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / steps)))
+    )
+    generator, losses = torch.Generator().manual_seed(seed), []
+    model.train()
+    for _ in (bar := tqdm(range(steps), desc="pretraining")):
+        batch = blocks[torch.randint(len(blocks), (batch_size,), generator=generator)]
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    output.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(output)  # model.safetensors and config.json
+    tokenizer.save_pretrained(output)
+    (output / "corpus.txt").write_text("\n".join(corpus) + "\n")
+    (output / "heldout.txt").write_text("\n".join(heldout) + "\n")
+    (output / "pretraining_log.json").write_text(json.dumps({"steps": steps, "seed": seed, "losses": losses}) + "\n")
+    return losses
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Pretrain the course's tiny Llama-3 model from scratch.")
+    parser.add_argument("--output", type=Path, default=DATA_DIR, help=f"where to save the model (default {DATA_DIR})")
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
+    parser.add_argument("--seed", type=int, default=0, help="the seed for corpus, initialisation and batches (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
+    args = parser.parse_args(argv)
+    if args.steps <= 0:
+        parser.error(f"--steps must be a positive integer, got {args.steps}")
+    if (args.output / "model.safetensors").exists() and not args.overwrite:
+        parser.error(f"{args.output} already holds a model; pass --overwrite to replace it")
+    torch.set_num_threads(min(torch.get_num_threads(), 2))  # the same arithmetic, and so the same model, on every machine
+    losses = pretrain(args.output, steps=args.steps, seed=args.seed)
+    print(f"pretrained {args.steps} steps: loss {losses[0]:.3f} → {losses[-1]:.3f}; saved to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
