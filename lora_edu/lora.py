@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from lora_edu.files import staged_files
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -250,18 +249,10 @@ def save_adapter(
     for name, layer in layers.items():
         tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().cpu().contiguous()
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().cpu().contiguous()
-    # Write into a temporary folder beside the target and move the files in when both are complete,
-    # so an interrupted save never leaves a half-written adapter behind.
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
+    # Stage both files and move them in together, so that an interrupted save leaves the old adapter or the new one.
+    with staged_files(directory, [ADAPTER_WEIGHTS, ADAPTER_CONFIG]) as staging:
         save_file(tensors, staging / ADAPTER_WEIGHTS, metadata={"format": "pt"})
         (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        directory.mkdir(exist_ok=True)
-        os.replace(staging / ADAPTER_WEIGHTS, directory / ADAPTER_WEIGHTS)
-        os.replace(staging / ADAPTER_CONFIG, directory / ADAPTER_CONFIG)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 
