@@ -29,13 +29,15 @@ def deferred_interrupts() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def staged_files(directory: Path, names: list[str]) -> Iterator[Path]:
-    """Yield a staging folder beside `directory`; when the block succeeds, move `names` from it into `directory` together."""
+def staged_files(directory: Path, names: list[str] | None = None) -> Iterator[Path]:
+    """Yield a staging folder beside `directory`; when the block succeeds, move `names` (default: every file) in together."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         yield staging
+        if names is None:
+            names = sorted(p.name for p in staging.iterdir() if p.is_file())
         missing = [name for name in names if not (staging / name).is_file()]
         if missing:
             raise FileNotFoundError(f"staging {directory} did not produce {', '.join(missing)}")

@@ -129,8 +129,9 @@ class LoRALinear(nn.Linear):
 # --- Whole models ---------------------------------------------------------------------------
 
 
-def _matches(name: str, target: str) -> bool:
-    return name == target or name.endswith("." + target)  # PEFT's rule for a list of target names
+def matches_target(name: str, target: str) -> bool:
+    """Whether module path `name` is selected by `target`: equal to it, or ending in '.' + target, as in PEFT. [Ch. 4]"""
+    return name == target or name.endswith("." + target)
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
@@ -150,7 +151,7 @@ def inject_lora(model: nn.Module, target_modules: Iterable[str], r: int, lora_al
     targets = list(target_modules)
     if lora_layers(model):
         raise ValueError("the model already has LoRA layers: inject_lora must be called once (load_adapter reuses them)")
-    matched = {t: [n for n, _ in model.named_modules() if n and _matches(n, t)] for t in targets}
+    matched = {t: [n for n, _ in model.named_modules() if n and matches_target(n, t)] for t in targets}
     missing = [t for t, names in matched.items() if not names]
     if not targets or missing:
         raise ValueError(
@@ -304,7 +305,7 @@ def load_adapter(model: nn.Module, directory) -> nn.Module:
     targets = layers or {
         name: module
         for name, module in model.named_modules()
-        if name and type(module) is nn.Linear and any(_matches(name, t) for t in config["target_modules"])
+        if name and type(module) is nn.Linear and any(matches_target(name, t) for t in config["target_modules"])
     }
     tensors = load_file(Path(directory) / ADAPTER_WEIGHTS)
     expected = {}

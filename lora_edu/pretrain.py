@@ -9,6 +9,7 @@ No model hub is needed: this script builds everything the course ships in lora_e
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -20,9 +21,10 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 DATA_DIR = Path(__file__).parent / "data" / "tiny-llama3"
-BEGIN, END = "<|begin_of_text|>", "<|end_of_text|>"
-# Llama 3's own special tokens, so that chat-style code written for Llama 3 works on the tiny model.
-SPECIAL_TOKENS = [BEGIN, END, "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+BEGIN, END, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"
+# Llama 3's own special tokens, so that code written for Llama 3 works on the tiny model. The padding token is
+# Llama 3.1's: a token of its own, because padding with <|end_of_text|> would mask that token out of the labels.
+SPECIAL_TOKENS = [BEGIN, END, "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", PAD]
 
 # (name, city, topic, job): the facts the corpus states again and again, in several phrasings.
 PEOPLE = [
@@ -47,6 +49,18 @@ PEOPLE = [
     ("Tara", "Rome", "jazz", "engineer"),
     ("Victor", "Cairo", "stars", "chef"),
 ]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+WEATHER = {  # each city's climate, for Chapter 6's weather reports: conditions and temperatures
+    "Oslo": (["snowy", "cloudy", "windy"], range(-8, 6)),
+    "Paris": (["rainy", "cloudy", "sunny"], range(6, 18)),
+    "Rome": (["sunny", "warm", "cloudy"], range(14, 30)),
+    "Lima": (["foggy", "cloudy", "mild"], range(15, 24)),
+    "Cairo": (["sunny", "hot", "dusty"], range(24, 40)),
+    "Tokyo": (["rainy", "humid", "sunny"], range(10, 28)),
+}
+CONDITIONS = sorted({c for conditions, _ in WEATHER.values() for c in conditions})
+# The first six templates state each person's facts. The others use everyday words (days, weather, numbers)
+# in other ways, so that the model knows the words that Chapter 6's weather reports are made of.
 TEMPLATES = [
     "{name} lives in {city} and writes about {topic}.",
     "{name} works as a {job} in {city}.",
@@ -54,7 +68,12 @@ TEMPLATES = [
     "{name} is a {job} who loves {topic}.",
     "{name} and {friend} meet in {city} to talk about {topic}.",
     "The {job} {name} lives in {city}.",
+    "On {day}, {name} writes about {topic}.",
+    "{name} likes {condition} days in {city}.",
+    "{name} will be in {city} on {day} with {friend}.",
+    "{name} has {number} books about {topic}.",
 ]
+FILLERS = {"day": DAYS, "condition": CONDITIONS, "number": [str(n) for n in range(-8, 41)]}
 
 
 def tiny_llama3_config(vocab_size: int) -> LlamaConfig:
@@ -75,13 +94,22 @@ def tiny_llama3_config(vocab_size: int) -> LlamaConfig:
     )
 
 
+def _fill(template: str, person: tuple, friend: str = "", **fillers) -> str:
+    name, city, topic, job = person
+    return template.format(name=name, city=city, topic=topic, job=job, friend=friend, **fillers)
+
+
 def all_sentences() -> list[str]:
     """Every sentence the templates can say about PEOPLE, in a fixed order. [Ch. 5]"""
     sentences = []
-    for name, city, topic, job in PEOPLE:
+    for person in PEOPLE:
         for template in TEMPLATES:
-            friends = [p[0] for p in PEOPLE if p[0] != name] if "{friend}" in template else [""]
-            sentences += [template.format(name=name, city=city, topic=topic, job=job, friend=f) for f in friends]
+            options = [[""]] + [values for key, values in FILLERS.items() if "{" + key + "}" in template]
+            friends = [p[0] for p in PEOPLE if p != person] if "{friend}" in template else [""]
+            keys = [key for key in FILLERS if "{" + key + "}" in template]
+            for friend in friends:
+                for values in itertools.product(*options[1:]):
+                    sentences.append(_fill(template, person, friend, **dict(zip(keys, values))))
     return sentences
 
 
@@ -92,12 +120,34 @@ def generate_corpus(lines: int, seed: int, heldout_share: float = 0.1) -> tuple[
     heldout = sorted(rng.sample(sentences, round(heldout_share * len(sentences))))
     excluded, corpus = set(heldout), []
     while len(corpus) < lines:
-        name, city, topic, job = rng.choice(PEOPLE)
-        friend = rng.choice([p[0] for p in PEOPLE if p[0] != name])
-        line = rng.choice(TEMPLATES).format(name=name, city=city, topic=topic, job=job, friend=friend)
+        person = rng.choice(PEOPLE)
+        friend = rng.choice([p[0] for p in PEOPLE if p != person])
+        fillers = {key: rng.choice(values) for key, values in FILLERS.items()}
+        line = _fill(rng.choice(TEMPLATES), person, friend, **fillers)
         if line not in excluded:
             corpus.append(line)
     return corpus, heldout
+
+
+def weather_reports(lines: int, seed: int) -> list[str]:
+    """Short weather reports for six cities: the new domain of Chapter 6, never in the pretraining corpus. [Ch. 6]"""
+    rng = random.Random(seed)
+    people = {city: [p[0] for p in PEOPLE if p[1] == city] for city in WEATHER}
+    reports = []
+    for _ in range(lines):
+        city = rng.choice(list(WEATHER))
+        conditions, temperatures = WEATHER[city]
+        day, condition, degrees = rng.choice(DAYS), rng.choice(conditions), rng.choice(temperatures)
+        reports.append(
+            rng.choice(
+                [
+                    f"On {day}, {city} will be {condition} with {degrees} degrees.",
+                    f"The forecast for {city} on {day}: {condition}, {degrees} degrees.",
+                    f"{rng.choice(people[city])} expects a {condition} {day} in {city}, around {degrees} degrees.",
+                ]
+            )
+        )
+    return reports
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
@@ -113,7 +163,7 @@ def train_tokenizer(corpus: list[str], vocab_size: int = 1024) -> PreTrainedToke
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BEGIN} $A", pair=f"{BEGIN} $A {BEGIN} $B", special_tokens=[(BEGIN, tokenizer.token_to_id(BEGIN))]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BEGIN, eos_token=END)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BEGIN, eos_token=END, pad_token=PAD)
 
 
 def pack_blocks(tokenizer, lines: list[str], block_size: int) -> torch.Tensor:
@@ -129,7 +179,9 @@ def pretrain(output: Path, steps: int = 600, batch_size: int = 16, block_size: i
     """Build corpus, tokenizer and model, pretrain for `steps`, and save all of it to `output`; return the losses."""
     torch.manual_seed(seed)
     corpus, heldout = generate_corpus(7000, seed=seed)
-    tokenizer = train_tokenizer(corpus)
+    # Like a real LLM's tokenizer, ours is trained on broader text than the model: it already has tokens for the
+    # words of Chapter 6's weather reports (a sample of its own, not the chapter's), which the model never reads.
+    tokenizer = train_tokenizer(corpus + weather_reports(3000, seed=seed + 2))
     model = LlamaForCausalLM(tiny_llama3_config(len(tokenizer)))
     blocks = pack_blocks(tokenizer, corpus, block_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)

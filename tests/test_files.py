@@ -10,10 +10,9 @@ from lora_edu import files
 
 def test_deferred_interrupts_holds_ctrl_c_until_the_block_ends():
     finished = []
-    with pytest.raises(KeyboardInterrupt):
-        with files.deferred_interrupts():
-            os.kill(os.getpid(), signal.SIGINT)
-            finished.append("the rest of the block ran")
+    with pytest.raises(KeyboardInterrupt), files.deferred_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        finished.append("the rest of the block ran")
     assert finished == ["the rest of the block ran"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -32,18 +31,16 @@ def test_a_failure_before_the_move_changes_nothing(tmp_path):
     target.mkdir()
     (target / "a").write_text("old a")
     (target / "notes.txt").write_text("the user's own file")
-    with pytest.raises(RuntimeError):
-        with files.staged_files(target, ["a", "b"]) as staging:
-            (staging / "a").write_text("new a")
-            raise RuntimeError("the save failed half way")
+    with pytest.raises(RuntimeError), files.staged_files(target, ["a", "b"]) as staging:
+        (staging / "a").write_text("new a")
+        raise RuntimeError("the save failed half way")
     assert (target / "a").read_text() == "old a" and (target / "notes.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_a_missing_staged_file_is_an_error_and_moves_nothing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="did not produce b"):
-        with files.staged_files(tmp_path / "out", ["a", "b"]) as staging:
-            (staging / "a").write_text("new a")
+    with pytest.raises(FileNotFoundError, match="did not produce b"), files.staged_files(tmp_path / "out", ["a", "b"]) as staging:
+        (staging / "a").write_text("new a")
     assert not (tmp_path / "out").exists()
 
 
@@ -59,8 +56,7 @@ def test_ctrl_c_during_the_move_still_moves_every_file(tmp_path, monkeypatch):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after the first file has moved
 
     monkeypatch.setattr(files.os, "replace", replace_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        with files.staged_files(target, ["a", "b"]) as staging:
-            for name in "ab":
-                (staging / name).write_text(f"new {name}")
+    with pytest.raises(KeyboardInterrupt), files.staged_files(target, ["a", "b"]) as staging:
+        for name in "ab":
+            (staging / name).write_text(f"new {name}")
     assert [(target / n).read_text() for n in "ab"] == ["new a", "new b"]

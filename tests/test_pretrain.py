@@ -53,6 +53,18 @@ def test_pack_blocks_rejects_text_shorter_than_a_block():
 
 def test_every_sentence_is_about_a_known_person():
     sentences = pretrain.all_sentences()
-    assert len(sentences) == len(set(sentences)) == 20 * 5 + 20 * 19
+    # Per person: five plain templates, one per friend, and one per day, condition or number.
+    per_person = 5 + 19 + 7 + len(pretrain.CONDITIONS) + 7 * 19 + 49
+    assert len(sentences) == len(set(sentences)) == 20 * per_person
     names = {p[0] for p in pretrain.PEOPLE}
     assert all(names & set(s.replace(",", "").rstrip(".").split()) for s in sentences)
+
+
+def test_weather_reports_are_a_new_domain_in_known_words():
+    reports = pretrain.weather_reports(200, seed=0)
+    corpus, _ = pretrain.generate_corpus(7000, seed=0)
+    assert reports == pretrain.weather_reports(200, seed=0) != pretrain.weather_reports(200, seed=1)
+    assert not set(reports) & set(corpus), "the model must never have read a weather report"
+    assert not any("degrees" in line for line in corpus)
+    tokenizer = pretrain.train_tokenizer(corpus + pretrain.weather_reports(3000, seed=2))
+    assert tokenizer.tokenize(" Wednesday degrees") == ["ĠWednesday", "Ġdegrees"], "the tokenizer knows the domain's words"
