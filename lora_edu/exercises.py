@@ -6,6 +6,7 @@ an instructor's grading script. A wrong answer gets a hint, never the answer its
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -161,3 +162,13 @@ def check_lora_count_for_config(config, target_modules, r: int, answer: int) -> 
     elif answer * config.num_hidden_layers == expected:
         hint = "That is the count for one layer: multiply by the number of layers."
     return _report(answer == expected, f"LoRA trains {expected:,} parameters.", hint)
+
+
+def check_perplexity(loss: float, answer: float) -> bool:
+    """Check a claimed perplexity for a loss in nats per token, to 0.1%. [Ch. 6, Exercise 6.1]"""
+    expected = math.exp(loss)
+    if math.isclose(answer, loss, rel_tol=1e-6) or math.isclose(answer, 2**loss, rel_tol=1e-3):
+        hint = "Perplexity is e raised to the loss (in nats): exponentiate with base e."
+    else:
+        hint = "Perplexity is e to the power of the loss per token."
+    return _report(math.isclose(answer, expected, rel_tol=1e-3), f"e^{loss} = {expected:.4g}.", hint)

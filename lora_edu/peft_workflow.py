@@ -17,6 +17,7 @@ from datasets import DatasetDict, load_dataset
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 from lora_edu.files import staged_files
 from lora_edu.llama import TINY_LLAMA3, ModelUnavailableError, load_model
@@ -78,7 +79,7 @@ def check_targets(model: nn.Module, targets: list[str]) -> None:
 
 
 def training_arguments(
-    output_dir, epochs: float, lr: float, batch_size: int, accumulation: int, use_cpu: bool
+    output_dir, epochs: float, lr: float, batch_size: int, accumulation: int, use_cpu: bool, evaluate: bool = True
 ) -> TrainingArguments:
     """Trainer settings: gradient accumulation, a cosine schedule with warmup, gradient clipping. [Ch. 6]"""
     return TrainingArguments(
@@ -92,7 +93,7 @@ def training_arguments(
         warmup_steps=0.1,  # a float below 1 is a share of all steps: warm up over the first 10%
         max_grad_norm=1.0,
         logging_steps=1,
-        eval_strategy="epoch",
+        eval_strategy="epoch" if evaluate else "no",  # validation loss after every epoch, when there is validation data
         save_strategy="no",  # checkpoints are written by CheckpointAdapter, atomically
         report_to="none",
         use_cpu=use_cpu,
@@ -101,9 +102,17 @@ def training_arguments(
     )
 
 
+class LossProgressBar(ProgressCallback):
+    """Trainer's tqdm progress bar, showing the latest loss on the bar rather than printing a line per log."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}")
+
+
 def make_trainer(model, tokenizer, blocks: DatasetDict, arguments: TrainingArguments, callbacks=()) -> Trainer:
-    """A Trainer for causal language modelling on packed blocks. [Ch. 6]"""
-    return Trainer(
+    """A Trainer for causal language modelling on packed blocks, with a plain tqdm progress bar. [Ch. 6]"""
+    trainer = Trainer(
         model=model,
         args=arguments,
         train_dataset=blocks["train"],
@@ -112,6 +121,12 @@ def make_trainer(model, tokenizer, blocks: DatasetDict, arguments: TrainingArgum
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
+    # Replace the default progress display (in a notebook, an HTML table with timings) with LossProgressBar.
+    for callback in list(trainer.callback_handler.callbacks):
+        if type(callback).__name__ in ("ProgressCallback", "NotebookProgressCallback"):
+            trainer.remove_callback(callback)
+    trainer.add_callback(LossProgressBar)
+    return trainer
 
 
 def save_peft_adapter(model, directory: Path) -> None:
@@ -210,11 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ModelUnavailableError) as error:
         parser.error(str(error))
     config = LoraConfig(r=args.r, lora_alpha=args.alpha, target_modules=targets, lora_dropout=0.05, task_type="CAUSAL_LM")
+    torch.manual_seed(0)  # PEFT draws each A from PyTorch's global generator; Trainer seeds only later
     model = get_peft_model(model, config)
     model.print_trainable_parameters()
     work = Path(tempfile.mkdtemp(prefix="lora-edu-train-"))
     checkpoint = CheckpointAdapter(args.output)
-    arguments = training_arguments(work, args.epochs, args.lr, args.batch_size, args.accumulation, args.device == "cpu")
+    arguments = training_arguments(
+        work, args.epochs, args.lr, args.batch_size, args.accumulation, args.device == "cpu", evaluate=bool(args.eval_data)
+    )
     trainer = make_trainer(model, tokenizer, blocks, arguments, callbacks=[checkpoint])
     try:
         before = _perplexity(trainer) if args.eval_data else None

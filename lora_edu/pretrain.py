@@ -76,7 +76,7 @@ TEMPLATES = [
 FILLERS = {"day": DAYS, "condition": CONDITIONS, "number": [str(n) for n in range(-8, 41)]}
 
 
-def tiny_llama3_config(vocab_size: int) -> LlamaConfig:
+def tiny_llama3_config(vocab_size: int, pad_token_id: int | None = None) -> LlamaConfig:
     """Llama 3's architecture at toy scale: GQA, RoPE θ = 500000, SwiGLU, RMSNorm, untied embeddings. [Ch. 5]"""
     return LlamaConfig(
         vocab_size=vocab_size,
@@ -91,6 +91,7 @@ def tiny_llama3_config(vocab_size: int) -> LlamaConfig:
         tie_word_embeddings=False,
         bos_token_id=0,
         eos_token_id=1,
+        pad_token_id=pad_token_id,
     )
 
 
@@ -182,7 +183,7 @@ def pretrain(output: Path, steps: int = 600, batch_size: int = 16, block_size: i
     # Like a real LLM's tokenizer, ours is trained on broader text than the model: it already has tokens for the
     # words of Chapter 6's weather reports (a sample of its own, not the chapter's), which the model never reads.
     tokenizer = train_tokenizer(corpus + weather_reports(3000, seed=seed + 2))
-    model = LlamaForCausalLM(tiny_llama3_config(len(tokenizer)))
+    model = LlamaForCausalLM(tiny_llama3_config(len(tokenizer), tokenizer.pad_token_id))
     blocks = pack_blocks(tokenizer, corpus, block_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     warmup = max(1, steps // 20)
