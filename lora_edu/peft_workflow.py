@@ -260,4 +260,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The console entry point of lora-edu-train."""
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # before training began: main() handles Ctrl-C during training itself
+        print("\nInterrupted before training began; nothing was written.", file=sys.stderr)
+        sys.exit(130)

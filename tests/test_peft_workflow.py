@@ -196,3 +196,15 @@ def test_ctrl_c_after_the_first_epoch_leaves_its_checkpoint(weather, tmp_path, c
     assert {p.name for p in output.iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
     model = load_adapter(load_model()[0], output)  # complete and consistent: it loads
     assert sum(layer.lora_B.abs().sum() for layer in model.modules() if hasattr(layer, "lora_B")) > 0
+
+
+def test_ctrl_c_before_training_exits_130_without_a_traceback(weather, tmp_path, monkeypatch):
+    def interrupted_load(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(peft_workflow, "load_model", interrupted_load)
+    monkeypatch.setattr(sys, "argv", ["lora-edu-train", *map(str, quick(weather, tmp_path / "adapter"))])
+    with pytest.raises(SystemExit) as exit_info:
+        peft_workflow.cli()
+    assert exit_info.value.code == 130
+    assert not (tmp_path / "adapter").exists()
