@@ -39,11 +39,7 @@ def load_model(name: str = TINY_LLAMA3, load_in_4bit: bool = False):
         if load_in_4bit:
             raise ValueError("load_in_4bit is for the 8B model on a GPU; the tiny model loads in full precision")
         model = AutoModelForCausalLM.from_pretrained(DATA_DIR, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(DATA_DIR)
-        # Name the model, not the folder it was read from: adapters record this as their base model, and a
-        # machine's install path would make them differ from machine to machine and mean nothing elsewhere.
-        model.name_or_path = model.config.name_or_path = tokenizer.name_or_path = TINY_LLAMA3
-        return model.eval(), tokenizer
+        return model.eval(), AutoTokenizer.from_pretrained(DATA_DIR)
     # Check what the real model needs before touching the network, cheapest first, so nothing hangs.
     if not torch.cuda.is_available():
         need = "about 6 GB of GPU memory in 4-bit" if load_in_4bit else "about 16 GB of GPU memory in bfloat16"
