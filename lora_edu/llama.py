@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from lora_edu.lora import lora_parameters
 from lora_edu.pretrain import DATA_DIR
 
 TINY_LLAMA3 = "tiny-llama3"  # the model this course ships, in lora_edu/data/tiny-llama3
@@ -96,18 +97,15 @@ def build_on_meta(config: LlamaConfig) -> LlamaForCausalLM:
 
 def memory_table(model: nn.Module) -> list[dict]:
     """Bytes for weights, gradients and AdamW states: full fine-tuning, LoRA and QLoRA, without activations. [Ch. 5]"""
-    lora = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in ("lora_A", "lora_B")]
+    lora = lora_parameters(model)
     if not lora:
         raise ValueError("the model has no LoRA parameters: inject LoRA first, so that the table can count them")
-    lora_count = sum(p.numel() for p in lora)
-    lora_ids = {id(p) for p in lora}
-    base = [p for p in model.parameters() if id(p) not in lora_ids]
+    lora_count = sum(p.numel() for p in lora.values())
+    base = [p for name, p in model.named_parameters() if name not in lora]
     base_count = sum(p.numel() for p in base)
     # bitsandbytes quantizes the linear layers but the output head; embeddings and norms stay in bfloat16.
-    lm_head = model.get_output_embeddings().weight
-    quantized = sum(p.numel() for n, p in model.named_parameters() if id(p) not in lora_ids and p.dim() == 2) - (
-        lm_head.numel() + model.get_input_embeddings().weight.numel()
-    )
+    embeddings = model.get_output_embeddings().weight.numel() + model.get_input_embeddings().weight.numel()
+    quantized = sum(p.numel() for p in base if p.dim() == 2) - embeddings
     # LoRA's own parameters are trained in float32: 4 bytes of weight, 4 of gradient, 8 of Adam's two moments.
     adapter = {"weights": 4 * lora_count, "gradients": 4 * lora_count, "optimizer": 8 * lora_count}
     rows = [

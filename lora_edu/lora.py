@@ -134,6 +134,16 @@ def matches_target(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
+def linear_layers_matching(model: nn.Module, targets: Iterable[str]) -> dict[str, nn.Linear]:
+    """The plain nn.Linear layers of the model that any of `targets` selects, by module path. [Ch. 4]"""
+    targets = list(targets)
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear and any(matches_target(name, t) for t in targets)
+    }
+
+
 def linear_layer_names(model: nn.Module) -> list[str]:
     """The distinct short names of the nn.Linear layers in a model, e.g. ['k_proj', 'lm_head', …]. [Ch. 4]"""
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)})
@@ -302,11 +312,7 @@ def load_adapter(model: nn.Module, directory) -> nn.Module:
         if layer.merged:
             raise ValueError(f"LoRA layer {name!r} is merged: unmerge the model before loading an adapter into it")
     # Check every tensor against the layer it belongs to before changing the model at all.
-    targets = layers or {
-        name: module
-        for name, module in model.named_modules()
-        if name and type(module) is nn.Linear and any(matches_target(name, t) for t in config["target_modules"])
-    }
+    targets = layers or linear_layers_matching(model, config["target_modules"])
     tensors = load_file(Path(directory) / ADAPTER_WEIGHTS)
     expected = {}
     for name, module in targets.items():

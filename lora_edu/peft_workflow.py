@@ -21,7 +21,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from lora_edu.files import staged_files
 from lora_edu.llama import TINY_LLAMA3, ModelUnavailableError, load_model
-from lora_edu.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, linear_layer_names, matches_target
+from lora_edu.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, linear_layer_names, linear_layers_matching, matches_target
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -70,12 +70,13 @@ def load_text_blocks(data_files: dict, tokenizer, block_size: int) -> DatasetDic
     return blocks
 
 
-def check_targets(model: nn.Module, targets: list[str]) -> None:
-    """Raise a ValueError naming each target that matches no nn.Linear of the model, and listing those it has. [Ch. 6]"""
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    unknown = [t for t in targets if not any(matches_target(n, t) for n in names)]
+def check_targets(model: nn.Module, targets: list[str]) -> dict[str, nn.Linear]:
+    """The linear layers that targets select; a ValueError names each target that selects none. [Ch. 6]"""
+    selected = linear_layers_matching(model, targets)
+    unknown = [t for t in targets if not any(matches_target(name, t) for name in selected)]
     if unknown:
         raise ValueError(f"unknown target modules {unknown}; the model's linear layers are named {linear_layer_names(model)}")
+    return selected
 
 
 def training_arguments(
@@ -213,15 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         ensure_pad_token(tokenizer)
         data = {"train": args.data} | ({"validation": args.eval_data} if args.eval_data else {})
         blocks = load_text_blocks(data, tokenizer, args.block_size)
-        check_targets(model, targets)
         # A rank above a layer's smaller side adds nothing, and PEFT would accept it silently.
-        sides = [
-            min(m.in_features, m.out_features)
-            for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and any(matches_target(n, t) for t in targets)
-        ]
-        if args.r > min(sides):
-            raise ValueError(f"--r {args.r} is larger than {min(sides)}, the smaller side of the smallest target layer")
+        smallest = min(min(m.in_features, m.out_features) for m in check_targets(model, targets).values())
+        if args.r > smallest:
+            raise ValueError(f"--r {args.r} is larger than {smallest}, the smaller side of the smallest target layer")
     except (ValueError, ModelUnavailableError) as error:
         parser.error(str(error))
     config = LoraConfig(r=args.r, lora_alpha=args.alpha, target_modules=targets, lora_dropout=0.05, task_type="CAUSAL_LM")
