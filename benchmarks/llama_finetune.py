@@ -40,8 +40,12 @@ def measure(method: str, steps: int) -> dict:
         inject_lora(model, ["q_proj", "k_proj", "v_proj", "o_proj"], r=4, lora_alpha=4)
     else:
         model.requires_grad_(True)
-    blocks = pack_blocks(tokenizer, (DATA_DIR / "corpus.txt").read_text().splitlines(), BLOCK)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    blocks = pack_blocks(
+        tokenizer, (DATA_DIR / "corpus.txt").read_text().splitlines(), BLOCK
+    )
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-3
+    )
     model.train()
     before = peak_rss_bytes()
 
@@ -70,9 +74,18 @@ def measure(method: str, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="measurements of each method (default 3)")
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement (default 30)")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/llama_finetune.json"))
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measurements of each method (default 3)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=30,
+        help="timed training steps per measurement (default 30)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path("benchmarks/results/llama_finetune.json")
+    )
     parser.add_argument("--child", choices=["lora", "full"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -81,19 +94,31 @@ def main() -> None:
     runs = {"lora": [], "full": []}
     for round_number in range(args.rounds):
         for method in ("lora", "full") if round_number % 2 == 0 else ("full", "lora"):
-            command = [sys.executable, __file__, "--child", method, "--steps", str(args.steps)]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                method,
+                "--steps",
+                str(args.steps),
+            ]
+            output = subprocess.run(
+                command, check=True, capture_output=True, text=True
+            ).stdout
             runs[method].append(json.loads(output.strip().splitlines()[-1]))
             print(f"round {round_number + 1}: {method} done", flush=True)
     summary = {}
     for method, results in runs.items():
         summary[method] = {
-            key: statistics.median(r[key] for r in results) for key in ("steps_per_second", "training_peak_rss_mb")
+            key: statistics.median(r[key] for r in results)
+            for key in ("steps_per_second", "training_peak_rss_mb")
         }
         summary[method]["trainable_parameters"] = results[0]["trainable_parameters"]
     ratios = {
-        "steps_per_second (LoRA ÷ full)": summary["lora"]["steps_per_second"] / summary["full"]["steps_per_second"],
-        "training_peak_rss (LoRA ÷ full)": summary["lora"]["training_peak_rss_mb"] / summary["full"]["training_peak_rss_mb"],
+        "steps_per_second (LoRA ÷ full)": summary["lora"]["steps_per_second"]
+        / summary["full"]["steps_per_second"],
+        "training_peak_rss (LoRA ÷ full)": summary["lora"]["training_peak_rss_mb"]
+        / summary["full"]["training_peak_rss_mb"],
     }
     print(f"\n{'':8}{'trainable':>12}{'steps/s':>10}{'training peak RSS':>20}")
     for method, row in summary.items():
@@ -103,7 +128,13 @@ def main() -> None:
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    record = {"batch": [BATCH, BLOCK], "steps": args.steps, "rounds": runs, "medians": summary, "ratios": ratios}
+    record = {
+        "batch": [BATCH, BLOCK],
+        "steps": args.steps,
+        "rounds": runs,
+        "medians": summary,
+        "ratios": ratios,
+    }
     args.output.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nwrote {args.output}")
 

@@ -36,7 +36,10 @@ class OneLayer(nn.Module):
 
 def peft_layer(linear: nn.Linear, r: int) -> nn.Module:
     """PEFT's LoRA layer around a copy of `linear`, initialised as PEFT does by default."""
-    model = get_peft_model(OneLayer(copy.deepcopy(linear)), LoraConfig(r=r, lora_alpha=r, target_modules=["proj"]))
+    model = get_peft_model(
+        OneLayer(copy.deepcopy(linear)),
+        LoraConfig(r=r, lora_alpha=r, target_modules=["proj"]),
+    )
     return model.base_model.model.proj
 
 
@@ -56,7 +59,9 @@ def seconds(function, layer, x) -> float:
     return time.perf_counter() - start
 
 
-def median_ratio(function, ours: nn.Module, reference: nn.Module, x: torch.Tensor, repeats: int) -> dict:
+def median_ratio(
+    function, ours: nn.Module, reference: nn.Module, x: torch.Tensor, repeats: int
+) -> dict:
     """Time ours and reference alternately; return the median of ours ÷ reference over the rounds."""
     for _ in range(2):  # warm-up rounds
         function(ours, x), function(reference, x)
@@ -64,9 +69,15 @@ def median_ratio(function, ours: nn.Module, reference: nn.Module, x: torch.Tenso
     for round_number in range(repeats):
         # Alternate which side goes first, so that neither always runs on a warmer cache.
         if round_number % 2:
-            reference_time, ours_time = seconds(function, reference, x), seconds(function, ours, x)
+            reference_time, ours_time = (
+                seconds(function, reference, x),
+                seconds(function, ours, x),
+            )
         else:
-            ours_time, reference_time = seconds(function, ours, x), seconds(function, reference, x)
+            ours_time, reference_time = (
+                seconds(function, ours, x),
+                seconds(function, reference, x),
+            )
         ratios.append(ours_time / reference_time)
         ours_times.append(ours_time)
         reference_times.append(reference_time)
@@ -79,8 +90,18 @@ def median_ratio(function, ours: nn.Module, reference: nn.Module, x: torch.Tenso
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15, help="timed rounds per measurement (default 15)")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/lora_layer.json"), help="where to write JSON")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=15,
+        help="timed rounds per measurement (default 15)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("benchmarks/results/lora_layer.json"),
+        help="where to write JSON",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -89,14 +110,27 @@ def main() -> None:
         x = torch.randn(*TOKENS, width)
         for r in [4, 16, 64]:
             ours = LoRALinear.from_linear(copy.deepcopy(linear), r=r, lora_alpha=r)
-            step = median_ratio(training_step, ours, peft_layer(linear, r), x, args.repeats)
-            rows.append({"measure": "training step vs PEFT", "in=out": width, "r": r, **step})
+            step = median_ratio(
+                training_step, ours, peft_layer(linear, r), x, args.repeats
+            )
+            rows.append(
+                {"measure": "training step vs PEFT", "in=out": width, "r": r, **step}
+            )
             ours.merge()
             merged = median_ratio(inference, ours, linear, x, args.repeats)
-            rows.append({"measure": "merged inference vs nn.Linear", "in=out": width, "r": r, **merged})
+            rows.append(
+                {
+                    "measure": "merged inference vs nn.Linear",
+                    "in=out": width,
+                    "r": r,
+                    **merged,
+                }
+            )
             print(f"measured in=out={width}, r={r}", flush=True)
 
-    print(f"\n{'measure':32} {'in=out':>6} {'r':>3} {'ours ms':>9} {'ref ms':>9} {'ratio':>7}  target")
+    print(
+        f"\n{'measure':32} {'in=out':>6} {'r':>3} {'ours ms':>9} {'ref ms':>9} {'ratio':>7}  target"
+    )
     for row in rows:
         target = 1.05 if row["measure"].startswith("training") else 1.02
         verdict = "ok" if row["ratio_median"] <= target else "MISSED"
@@ -113,7 +147,9 @@ def main() -> None:
         "tokens": TOKENS,
         "repeats": args.repeats,
     }
-    args.output.write_text(json.dumps({"environment": environment, "rows": rows}, indent=2) + "\n")
+    args.output.write_text(
+        json.dumps({"environment": environment, "rows": rows}, indent=2) + "\n"
+    )
     print(f"\nwrote {args.output}")
 
 

@@ -9,7 +9,11 @@ def add_to_class(cls):
     """Attach the decorated function to `cls` as a method, so that a chapter can build a class cell by cell."""
 
     def attach(function):
-        name = function.__func__.__name__ if isinstance(function, classmethod) else function.__name__
+        name = (
+            function.__func__.__name__
+            if isinstance(function, classmethod)
+            else function.__name__
+        )
         setattr(cls, name, function)
         return function
 

@@ -22,7 +22,9 @@ def _report(correct: bool, praise: str, hint: str) -> bool:
 
 def _check_integer(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be an integer, got {value!r} ({type(value).__name__})"
+        )
     return int(value)
 
 
@@ -34,7 +36,9 @@ def check_rank(A, answer: int) -> bool:
         direction = "too high: look for a row that is a combination of the others"
     else:
         direction = "too low: count the pivots that survive elimination"
-    return _report(answer == rank, f"The rank is {rank}.", f"Your answer {answer} is {direction}.")
+    return _report(
+        answer == rank, f"The rank is {rank}.", f"Your answer {answer} is {direction}."
+    )
 
 
 def check_has_rank(M, rank: int) -> bool:
@@ -46,7 +50,11 @@ def check_has_rank(M, rank: int) -> bool:
         actual == rank,
         f"Your {M.shape[0]}×{M.shape[1]} matrix has rank {rank}.",
         f"Your matrix has rank {actual}, not {rank}: "
-        + ("make more rows combinations of the others." if actual > rank else "add a row that is independent of the rest."),
+        + (
+            "make more rows combinations of the others."
+            if actual > rank
+            else "add a row that is independent of the rest."
+        ),
     )
 
 
@@ -57,12 +65,24 @@ def check_singular_values(A, answer) -> bool:
     given = np.sort(np.asarray(answer, dtype=np.float64).ravel())[::-1]
     if given.shape != expected.shape:
         return _report(
-            False, "", f"A {A.shape[0]}×{A.shape[1]} matrix has {expected.size} singular values; you gave {given.size}."
+            False,
+            "",
+            f"A {A.shape[0]}×{A.shape[1]} matrix has {expected.size} singular values; you gave {given.size}.",
         )
     if (given < 0).any():
-        return _report(False, "", "Singular values are never negative: they are square roots of eigenvalues of AᵀA.")
-    if np.allclose(given, expected**2, atol=1e-6) and not np.allclose(given, expected, atol=1e-6):
-        return _report(False, "", "Those are the eigenvalues of AᵀA, that is σ². Take their square roots.")
+        return _report(
+            False,
+            "",
+            "Singular values are never negative: they are square roots of eigenvalues of AᵀA.",
+        )
+    if np.allclose(given, expected**2, atol=1e-6) and not np.allclose(
+        given, expected, atol=1e-6
+    ):
+        return _report(
+            False,
+            "",
+            "Those are the eigenvalues of AᵀA, that is σ². Take their square roots.",
+        )
     return _report(
         np.allclose(given, expected, atol=1e-6),
         "Those are the singular values.",
@@ -74,8 +94,14 @@ def check_approximation_error(A, k: int, answer: float) -> bool:
     """Check a claimed Frobenius error of the best rank-k approximation of A (m×n). [Ch. 3, Exercise 3.1]"""
     s = np.linalg.svd(linalg.as_matrix(A), compute_uv=False)
     frobenius, spectral = linalg.eckart_young_errors(s, k)
-    if np.isclose(answer, spectral, atol=1e-6) and not np.isclose(answer, frobenius, atol=1e-6):
-        return _report(False, "", "That is the spectral-norm error σ_{k+1}. The Frobenius error sums all discarded σᵢ².")
+    if np.isclose(answer, spectral, atol=1e-6) and not np.isclose(
+        answer, frobenius, atol=1e-6
+    ):
+        return _report(
+            False,
+            "",
+            "That is the spectral-norm error σ_{k+1}. The Frobenius error sums all discarded σᵢ².",
+        )
     return _report(
         bool(np.isclose(answer, frobenius, atol=1e-6)),
         f"The error is √(Σ_{{i>{k}}} σᵢ²) = {frobenius:.6g}.",
@@ -89,16 +115,29 @@ def check_lora_parameter_count(d: int, k: int, r: int, answer: int) -> bool:
     expected = linalg.factored_size(d, k, r)
     hint = "B is d×r and A is r×k; count the entries of both."
     if answer == d * k:
-        hint = "That is the size of the full weight. LoRA stores only B (d×r) and A (r×k)."
+        hint = (
+            "That is the size of the full weight. LoRA stores only B (d×r) and A (r×k)."
+        )
     elif answer == r * max(d, k) or answer == r * min(d, k):
         hint = "You counted one factor. Add the other: B is d×r and A is r×k."
-    return _report(answer == expected, f"r(d + k) = {expected:,} numbers instead of {d * k:,}.", hint)
+    return _report(
+        answer == expected,
+        f"r(d + k) = {expected:,} numbers instead of {d * k:,}.",
+        hint,
+    )
 
 
 def _lora_case(seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
-    x, W, b = torch.randn(5, 7, generator=generator), torch.randn(4, 7, generator=generator), torch.randn(4, generator=generator)
-    A, B = torch.randn(3, 7, generator=generator), torch.randn(4, 3, generator=generator)
+    x, W, b = (
+        torch.randn(5, 7, generator=generator),
+        torch.randn(4, 7, generator=generator),
+        torch.randn(4, generator=generator),
+    )
+    A, B = (
+        torch.randn(3, 7, generator=generator),
+        torch.randn(4, 3, generator=generator),
+    )
     return x, W, b, A, B, 2.0
 
 
@@ -109,10 +148,22 @@ def check_lora_forward(lora_forward) -> bool:
     try:
         result = lora_forward(x, W, b, A, B, scaling)
     except RuntimeError as error:
-        return _report(False, "", f"It raised {error}. Shapes: x is batch×in, W is out×in, A is r×in and B is out×r.")
+        return _report(
+            False,
+            "",
+            f"It raised {error}. Shapes: x is batch×in, W is out×in, A is r×in and B is out×r.",
+        )
     if not isinstance(result, torch.Tensor) or result.shape != expected.shape:
-        shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
-        return _report(False, "", f"The result should have shape {tuple(expected.shape)} (batch, out), got {shape}.")
+        shape = (
+            tuple(result.shape)
+            if isinstance(result, torch.Tensor)
+            else type(result).__name__
+        )
+        return _report(
+            False,
+            "",
+            f"The result should have shape {tuple(expected.shape)} (batch, out), got {shape}.",
+        )
     if torch.allclose(result, x @ W.T + b + x @ A.T @ B.T, atol=1e-5):
         return _report(False, "", "You forgot the scaling α/r on the low-rank path.")
     if torch.allclose(result, x @ W.T + scaling * (x @ A.T @ B.T), atol=1e-5):
@@ -131,9 +182,17 @@ def check_merged_weight(merged_weight) -> bool:
     try:
         result = merged_weight(W.clone(), A, B, scaling)
     except RuntimeError as error:
-        return _report(False, "", f"It raised {error}. W is out×in, B is out×r and A is r×in, so B @ A has the shape of W.")
+        return _report(
+            False,
+            "",
+            f"It raised {error}. W is out×in, B is out×r and A is r×in, so B @ A has the shape of W.",
+        )
     if not isinstance(result, torch.Tensor) or result.shape != W.shape:
-        return _report(False, "", f"The merged weight has the shape of W, {tuple(W.shape)}. B is out×r and A is r×in: use B @ A.")
+        return _report(
+            False,
+            "",
+            f"The merged weight has the shape of W, {tuple(W.shape)}. B is out×r and A is r×in: use B @ A.",
+        )
     if torch.allclose(result, W + B @ A, atol=1e-5):
         return _report(False, "", "You forgot the scaling α/r.")
     return _report(
@@ -167,8 +226,14 @@ def check_lora_count_for_config(config, target_modules, r: int, answer: int) -> 
 def check_perplexity(loss: float, answer: float) -> bool:
     """Check a claimed perplexity for a loss in nats per token, to 0.1%. [Ch. 6, Exercise 6.1]"""
     expected = math.exp(loss)
-    if math.isclose(answer, loss, rel_tol=1e-6) or math.isclose(answer, 2**loss, rel_tol=1e-3):
+    if math.isclose(answer, loss, rel_tol=1e-6) or math.isclose(
+        answer, 2**loss, rel_tol=1e-3
+    ):
         hint = "Perplexity is e raised to the loss (in nats): exponentiate with base e."
     else:
         hint = "Perplexity is e to the power of the loss per token."
-    return _report(math.isclose(answer, expected, rel_tol=1e-3), f"e^{loss} = {expected:.4g}.", hint)
+    return _report(
+        math.isclose(answer, expected, rel_tol=1e-3),
+        f"e^{loss} = {expected:.4g}.",
+        hint,
+    )

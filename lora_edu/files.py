@@ -19,7 +19,9 @@ def deferred_interrupts() -> Iterator[None]:
         yield  # signals only reach the main thread, so there is nothing to defer here
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    previous = signal.signal(
+        signal.SIGINT, lambda number, frame: received.append(number)
+    )
     try:
         yield
     finally:
@@ -40,7 +42,9 @@ def staged_files(directory: Path, names: list[str] | None = None) -> Iterator[Pa
             names = sorted(p.name for p in staging.iterdir() if p.is_file())
         missing = [name for name in names if not (staging / name).is_file()]
         if missing:
-            raise FileNotFoundError(f"staging {directory} did not produce {', '.join(missing)}")
+            raise FileNotFoundError(
+                f"staging {directory} did not produce {', '.join(missing)}"
+            )
         with deferred_interrupts():
             directory.mkdir(exist_ok=True)
             for name in names:

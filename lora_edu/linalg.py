@@ -15,12 +15,18 @@ def as_matrix(A, name: str = "A") -> np.ndarray:
     try:
         array = np.asarray(A, dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise TypeError(f"{name} must be a 2-D array of numbers, got {type(A).__name__}: {error}") from None
+        raise TypeError(
+            f"{name} must be a 2-D array of numbers, got {type(A).__name__}: {error}"
+        ) from None
     if array.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (m×n), got an array with shape {array.shape}")
+        raise ValueError(
+            f"{name} must be 2-D (m×n), got an array with shape {array.shape}"
+        )
     if not np.isfinite(array).all():
         where = np.argwhere(~np.isfinite(array))[0].tolist()
-        raise ValueError(f"{name} must contain only finite numbers, got NaN or inf at {where}")
+        raise ValueError(
+            f"{name} must contain only finite numbers, got NaN or inf at {where}"
+        )
     return array
 
 
@@ -71,7 +77,12 @@ def gaussian_elimination(A) -> Elimination:
             if factor != 0:
                 rows[i] = [a - factor * b for a, b in zip(rows[i], rows[r])]
                 sign = "−" if factor > 0 else "+"
-                steps.append((f"R{i + 1} ← R{i + 1} {sign} {abs(factor)}·R{r + 1}", [row[:] for row in rows]))
+                steps.append(
+                    (
+                        f"R{i + 1} ← R{i + 1} {sign} {abs(factor)}·R{r + 1}",
+                        [row[:] for row in rows],
+                    )
+                )
         pivots.append(col)
     return Elimination(steps=steps, echelon=rows, pivot_columns=pivots)
 
@@ -80,7 +91,9 @@ def format_matrix(rows) -> str:
     """Format a matrix (m×n) of numbers or fractions as aligned text. [Ch. 1]"""
     cells = [[str(x) for x in row] for row in rows]
     width = max(len(c) for row in cells for c in row)
-    return "\n".join("[ " + "  ".join(c.rjust(width) for c in row) + " ]" for row in cells)
+    return "\n".join(
+        "[ " + "  ".join(c.rjust(width) for c in row) + " ]" for row in cells
+    )
 
 
 def exact_rank(A) -> int:
@@ -100,7 +113,12 @@ def numerical_rank(A, tol: float | None = None) -> int:
     A = as_matrix(A)
     if tol is None:
         tol = default_tolerance(A)
-    elif not isinstance(tol, numbers.Real) or isinstance(tol, bool) or not np.isfinite(tol) or tol < 0:
+    elif (
+        not isinstance(tol, numbers.Real)
+        or isinstance(tol, bool)
+        or not np.isfinite(tol)
+        or tol < 0
+    ):
         raise ValueError(f"tol must be a finite number ≥ 0, got {tol!r}")
     return int((np.linalg.svd(A, compute_uv=False) > tol).sum())
 
@@ -125,21 +143,32 @@ class WorkedSVD:
         """Exact checks that U and V are orthogonal and that UΣVᵀ reproduces A."""
         n, m = self.V.shape[0], self.U.shape[0]
         return {
-            "UᵀU = I": sympy.simplify(self.U.T * self.U - sympy.eye(m)) == sympy.zeros(m),
-            "VᵀV = I": sympy.simplify(self.V.T * self.V - sympy.eye(n)) == sympy.zeros(n),
-            "UΣVᵀ = A": sympy.simplify(self.U * self.Sigma * self.V.T - self.A) == sympy.zeros(*self.A.shape),
+            "UᵀU = I": sympy.simplify(self.U.T * self.U - sympy.eye(m))
+            == sympy.zeros(m),
+            "VᵀV = I": sympy.simplify(self.V.T * self.V - sympy.eye(n))
+            == sympy.zeros(n),
+            "UΣVᵀ = A": sympy.simplify(self.U * self.Sigma * self.V.T - self.A)
+            == sympy.zeros(*self.A.shape),
         }
 
 
 def _orthonormal_basis(vectors: list[sympy.Matrix]) -> list[sympy.Matrix]:
-    return [sympy.simplify(v) for v in sympy.GramSchmidt(vectors, orthonormal=True)] if vectors else []
+    return (
+        [sympy.simplify(v) for v in sympy.GramSchmidt(vectors, orthonormal=True)]
+        if vectors
+        else []
+    )
 
 
 def worked_svd(A) -> WorkedSVD:
     """The exact SVD of a small integer or fraction matrix A (m×n), step by step. [Ch. 2]"""
     as_matrix(A)
     entries = np.asarray(A, dtype=object)
-    bad = [x for x in entries.ravel() if not isinstance(x, numbers.Rational) or isinstance(x, bool)]
+    bad = [
+        x
+        for x in entries.ravel()
+        if not isinstance(x, numbers.Rational) or isinstance(x, bool)
+    ]
     if bad:
         raise TypeError(
             f"worked_svd needs A with integer or Fraction entries for exact arithmetic, got {bad[0]!r} ({type(bad[0]).__name__})"
@@ -150,7 +179,11 @@ def worked_svd(A) -> WorkedSVD:
     lam = sympy.Symbol("lambda")
     polynomial = AtA.charpoly(lam).as_expr()
     eigenvalues = sorted(
-        (value for value, multiplicity in sympy.roots(polynomial, lam).items() for _ in range(multiplicity)),
+        (
+            value
+            for value, multiplicity in sympy.roots(polynomial, lam).items()
+            for _ in range(multiplicity)
+        ),
         key=lambda value: -float(value),
     )
     # Orthonormal eigenvectors of AᵀA, one eigenspace at a time, in the order of the eigenvalues.
@@ -159,7 +192,9 @@ def worked_svd(A) -> WorkedSVD:
         V_columns += _orthonormal_basis((AtA - value * sympy.eye(n)).nullspace())
     singular_values = [sympy.sqrt(value) for value in eigenvalues]
     rank = sum(1 for s in singular_values if s != 0)
-    U_columns = [sympy.simplify(A * V_columns[i] / singular_values[i]) for i in range(rank)]
+    U_columns = [
+        sympy.simplify(A * V_columns[i] / singular_values[i]) for i in range(rank)
+    ]
     # The columns of U for zero singular values: an orthonormal basis of the left null space of A.
     U_columns += _orthonormal_basis(A.T.nullspace())
     Sigma = sympy.zeros(m, n)
@@ -177,7 +212,9 @@ def worked_svd(A) -> WorkedSVD:
     )
 
 
-def align_signs(U: np.ndarray, Vt: np.ndarray, reference_U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def align_signs(
+    U: np.ndarray, Vt: np.ndarray, reference_U: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Flip pairs (uᵢ, vᵢ) of U (m×k) and Vᵀ (k×n) so each uᵢ points the same way as reference_U's. [Ch. 2]"""
     signs = np.sign(np.sum(U * reference_U, axis=0))
     signs[signs == 0] = 1
@@ -216,7 +253,11 @@ def approximation_errors(A, A_k) -> tuple[float, float]:
 def factored_size(m: int, n: int, k: int) -> int:
     """How many numbers store a rank-k factorisation (m×k)(k×n) of an m×n matrix: k(m + n). [Ch. 3]"""
     for name, value in (("m", m), ("n", n), ("k", k)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Integral)
+            or value < 0
+        ):
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if k > min(m, n):
         raise ValueError(f"k must be at most min(m, n) = {min(m, n)}, got {k}")
@@ -227,12 +268,16 @@ def energy_captured(singular_values) -> np.ndarray:
     """Fraction of ‖A‖_F² kept by the best rank-k approximation, for k = 1…p, shape (p,). [Ch. 3]"""
     s = np.asarray(singular_values, dtype=np.float64)
     if s.ndim != 1 or s.size == 0:
-        raise ValueError(f"singular_values must be a non-empty 1-D array, got shape {s.shape}")
+        raise ValueError(
+            f"singular_values must be a non-empty 1-D array, got shape {s.shape}"
+        )
     if (s < 0).any() or not np.isfinite(s).all():
         raise ValueError("singular_values must be finite and non-negative")
     energy = np.cumsum(np.sort(s)[::-1] ** 2)
     if energy[-1] == 0:
-        raise ValueError("singular_values are all zero: a zero matrix has no energy to capture")
+        raise ValueError(
+            "singular_values are all zero: a zero matrix has no energy to capture"
+        )
     return energy / energy[-1]
 
 

@@ -7,14 +7,22 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from lora_edu.lora import lora_parameters
 from lora_edu.pretrain import DATA_DIR
 
 TINY_LLAMA3 = "tiny-llama3"  # the model this course ships, in lora_edu/data/tiny-llama3
 LLAMA3_8B = "meta-llama/Meta-Llama-3-8B"
-NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # QLoRA's NF4 with double quantization: 4.127 bits per weight
+NF4_BITS = (
+    4 + 8 / 64 + 32 / (64 * 256)
+)  # QLoRA's NF4 with double quantization: 4.127 bits per weight
 
 
 class ModelUnavailableError(RuntimeError):
@@ -35,18 +43,31 @@ def _unavailable(name: str, missing: str) -> ModelUnavailableError:
 def load_model(name: str = TINY_LLAMA3, load_in_4bit: bool = False):
     """Load (model, tokenizer): the shipped tiny Llama 3, or a hub name such as Meta-Llama-3-8B on a GPU. [Ch. 5]"""
     if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be a model name such as {TINY_LLAMA3!r} or {LLAMA3_8B!r}, got {name!r}")
+        raise TypeError(
+            f"name must be a model name such as {TINY_LLAMA3!r} or {LLAMA3_8B!r}, got {name!r}"
+        )
     if name == TINY_LLAMA3:
         if load_in_4bit:
-            raise ValueError("load_in_4bit is for the 8B model on a GPU; the tiny model loads in full precision")
+            raise ValueError(
+                "load_in_4bit is for the 8B model on a GPU; the tiny model loads in full precision"
+            )
         model = AutoModelForCausalLM.from_pretrained(DATA_DIR, dtype=torch.float32)
         return model.eval(), AutoTokenizer.from_pretrained(DATA_DIR)
     # Check what the real model needs before touching the network, cheapest first, so nothing hangs.
     if not torch.cuda.is_available():
-        need = "about 6 GB of GPU memory in 4-bit" if load_in_4bit else "about 16 GB of GPU memory in bfloat16"
-        raise _unavailable(name, f"it needs a CUDA GPU ({need}), and this machine has none.")
+        need = (
+            "about 6 GB of GPU memory in 4-bit"
+            if load_in_4bit
+            else "about 16 GB of GPU memory in bfloat16"
+        )
+        raise _unavailable(
+            name, f"it needs a CUDA GPU ({need}), and this machine has none."
+        )
     if load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
-        raise _unavailable(name, "4-bit loading needs the bitsandbytes package: pip install bitsandbytes")
+        raise _unavailable(
+            name,
+            "4-bit loading needs the bitsandbytes package: pip install bitsandbytes",
+        )
     try:
         AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as error:
@@ -67,7 +88,9 @@ def load_model(name: str = TINY_LLAMA3, load_in_4bit: bool = False):
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.bfloat16, device_map={"": 0}, quantization_config=quantization)
+    model = AutoModelForCausalLM.from_pretrained(
+        name, dtype=torch.bfloat16, device_map={"": 0}, quantization_config=quantization
+    )
     return model.eval(), AutoTokenizer.from_pretrained(name)
 
 
@@ -99,23 +122,48 @@ def memory_table(model: nn.Module) -> list[dict]:
     """Bytes for weights, gradients and AdamW states: full fine-tuning, LoRA and QLoRA, without activations. [Ch. 5]"""
     lora = lora_parameters(model)
     if not lora:
-        raise ValueError("the model has no LoRA parameters: inject LoRA first, so that the table can count them")
+        raise ValueError(
+            "the model has no LoRA parameters: inject LoRA first, so that the table can count them"
+        )
     lora_count = sum(p.numel() for p in lora.values())
     base = [p for name, p in model.named_parameters() if name not in lora]
     base_count = sum(p.numel() for p in base)
     # bitsandbytes quantizes the linear layers but the output head; embeddings and norms stay in bfloat16.
-    embeddings = model.get_output_embeddings().weight.numel() + model.get_input_embeddings().weight.numel()
+    embeddings = (
+        model.get_output_embeddings().weight.numel()
+        + model.get_input_embeddings().weight.numel()
+    )
     quantized = sum(p.numel() for p in base if p.dim() == 2) - embeddings
     # LoRA's own parameters are trained in float32: 4 bytes of weight, 4 of gradient, 8 of Adam's two moments.
-    adapter = {"weights": 4 * lora_count, "gradients": 4 * lora_count, "optimizer": 8 * lora_count}
+    adapter = {
+        "weights": 4 * lora_count,
+        "gradients": 4 * lora_count,
+        "optimizer": 8 * lora_count,
+    }
     rows = [
         # Mixed-precision AdamW: bf16 weights and gradients, float32 master weights and moments (16 bytes each).
-        {"method": "full fine-tuning", "weights": 2 * base_count, "gradients": 2 * base_count, "optimizer": 12 * base_count},
-        {"method": "LoRA, bf16 base", **{k: v + (2 * base_count if k == "weights" else 0) for k, v in adapter.items()}},
+        {
+            "method": "full fine-tuning",
+            "weights": 2 * base_count,
+            "gradients": 2 * base_count,
+            "optimizer": 12 * base_count,
+        },
+        {
+            "method": "LoRA, bf16 base",
+            **{
+                k: v + (2 * base_count if k == "weights" else 0)
+                for k, v in adapter.items()
+            },
+        },
         {
             "method": "QLoRA, 4-bit NF4 base",
             **{
-                k: v + (quantized * NF4_BITS / 8 + 2 * (base_count - quantized) if k == "weights" else 0)
+                k: v
+                + (
+                    quantized * NF4_BITS / 8 + 2 * (base_count - quantized)
+                    if k == "weights"
+                    else 0
+                )
                 for k, v in adapter.items()
             },
         },
@@ -129,23 +177,40 @@ def complete(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 12)
     """The model's greedy continuation of prompt, as text without the prompt. [Ch. 5]"""
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        out = model.generate(
+            ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
+        )
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
-def text_loss(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 64) -> float:
+def text_loss(
+    model: nn.Module, tokenizer, texts: list[str], batch_size: int = 64
+) -> float:
     """Mean cross-entropy per predicted token of the model over texts, each ending in <|end_of_text|>. [Ch. 5]"""
     if isinstance(texts, str) or not texts:
         raise ValueError(f"texts must be a non-empty list of strings, got {texts!r}")
     total, count = 0.0, 0
     for start in range(0, len(texts), batch_size):
-        rows = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts[start : start + batch_size]]
+        rows = [
+            tokenizer(t)["input_ids"] + [tokenizer.eos_token_id]
+            for t in texts[start : start + batch_size]
+        ]
         width = max(map(len, rows))
-        ids = torch.tensor([r + [tokenizer.eos_token_id] * (width - len(r)) for r in rows], device=model.device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
+        ids = torch.tensor(
+            [r + [tokenizer.eos_token_id] * (width - len(r)) for r in rows],
+            device=model.device,
+        )
+        mask = torch.tensor(
+            [[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device
+        )
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-        total += F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="sum").item()
+        total += F.cross_entropy(
+            logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="sum"
+        ).item()
         count += int((targets != -100).sum())
     return total / count

@@ -20,7 +20,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # PEFT saves each tensor under this prefix plus the module's path
 
 
-def check_lora_arguments(in_features: int, out_features: int, r, lora_alpha, lora_dropout=0.0, init="kaiming") -> None:
+def check_lora_arguments(
+    in_features: int, out_features: int, r, lora_alpha, lora_dropout=0.0, init="kaiming"
+) -> None:
     """Raise a ValueError or TypeError naming the first bad LoRA argument for an out×in layer. [Ch. 4]"""
     if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r <= 0:
         raise ValueError(f"r must be a positive integer, got {r!r}")
@@ -29,7 +31,11 @@ def check_lora_arguments(in_features: int, out_features: int, r, lora_alpha, lor
             f"r must be at most min(in_features, out_features) = {min(in_features, out_features)} "
             f"for a {out_features}×{in_features} layer, got r={r}: a larger rank cannot add anything"
         )
-    if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, numbers.Real) or not lora_alpha > 0:
+    if (
+        isinstance(lora_alpha, bool)
+        or not isinstance(lora_alpha, numbers.Real)
+        or not lora_alpha > 0
+    ):
         raise ValueError(f"lora_alpha must be a number > 0, got {lora_alpha!r}")
     if not isinstance(lora_dropout, numbers.Real) or not 0 <= lora_dropout < 1:
         raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}")
@@ -53,14 +59,29 @@ class LoRALinear(nn.Linear):
         device=None,
         dtype=None,
     ):
-        check_lora_arguments(in_features, out_features, r, lora_alpha, lora_dropout, init)
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.r, self.lora_alpha, self.use_rslora, self.init = r, lora_alpha, use_rslora, init
+        check_lora_arguments(
+            in_features, out_features, r, lora_alpha, lora_dropout, init
+        )
+        super().__init__(
+            in_features, out_features, bias=bias, device=device, dtype=dtype
+        )
+        self.r, self.lora_alpha, self.use_rslora, self.init = (
+            r,
+            lora_alpha,
+            use_rslora,
+            init,
+        )
         # rsLoRA divides by √r instead of r, so that the update does not shrink as r grows.
         self.scaling = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
-        self.lora_A = nn.Parameter(torch.empty(r, in_features, device=device, dtype=dtype))
-        self.lora_B = nn.Parameter(torch.empty(out_features, r, device=device, dtype=dtype))
-        self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.lora_A = nn.Parameter(
+            torch.empty(r, in_features, device=device, dtype=dtype)
+        )
+        self.lora_B = nn.Parameter(
+            torch.empty(out_features, r, device=device, dtype=dtype)
+        )
+        self.lora_dropout = (
+            nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        )
         self.merged = False
         self.freeze_base_layer()
         self.reset_lora_parameters()
@@ -74,9 +95,13 @@ class LoRALinear(nn.Linear):
     def reset_lora_parameters(self) -> None:
         """Draw A at random and set B to zero, so that ΔW = BA = 0 and the layer starts as W₀."""
         if self.init == "gaussian":
-            nn.init.normal_(self.lora_A, std=1 / self.r)  # the paper's choice, with PEFT's standard deviation
+            nn.init.normal_(
+                self.lora_A, std=1 / self.r
+            )  # the paper's choice, with PEFT's standard deviation
         else:
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # loralib's and PEFT's default
+            nn.init.kaiming_uniform_(
+                self.lora_A, a=math.sqrt(5)
+            )  # loralib's and PEFT's default
         nn.init.zeros_(self.lora_B)
 
     def delta_weight(self) -> torch.Tensor:
@@ -88,7 +113,11 @@ class LoRALinear(nn.Linear):
         result = F.linear(x, self.weight, self.bias)
         if self.merged:
             return result  # ΔW is already inside the weight
-        return result + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+        return (
+            result
+            + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+            * self.scaling
+        )
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -105,19 +134,37 @@ class LoRALinear(nn.Linear):
             self.merged = False
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, r: int, lora_alpha: float, **options) -> LoRALinear:
+    def from_linear(
+        cls, linear: nn.Linear, r: int, lora_alpha: float, **options
+    ) -> LoRALinear:
         """Wrap an existing nn.Linear, sharing its weight and bias and keeping their dtype and device."""
         if not isinstance(linear, nn.Linear) or isinstance(linear, LoRALinear):
-            raise TypeError(f"linear must be a plain nn.Linear, got {type(linear).__name__}")
+            raise TypeError(
+                f"linear must be a plain nn.Linear, got {type(linear).__name__}"
+            )
         if not linear.weight.dtype.is_floating_point:
-            raise TypeError(f"linear has a quantized {linear.weight.dtype} weight; wrap a floating-point nn.Linear")
+            raise TypeError(
+                f"linear has a quantized {linear.weight.dtype} weight; wrap a floating-point nn.Linear"
+            )
         device, dtype = linear.weight.device, linear.weight.dtype
         # Build on the meta device, so that no throwaway weight is allocated or initialised.
-        layer = cls(linear.in_features, linear.out_features, r, lora_alpha, linear.bias is not None, device="meta", **options)
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            r,
+            lora_alpha,
+            linear.bias is not None,
+            device="meta",
+            **options,
+        )
         layer.weight, layer.bias = linear.weight, linear.bias
         layer.freeze_base_layer()
-        layer.lora_A = nn.Parameter(torch.empty(layer.lora_A.shape, device=device, dtype=dtype))
-        layer.lora_B = nn.Parameter(torch.empty(layer.lora_B.shape, device=device, dtype=dtype))
+        layer.lora_A = nn.Parameter(
+            torch.empty(layer.lora_A.shape, device=device, dtype=dtype)
+        )
+        layer.lora_B = nn.Parameter(
+            torch.empty(layer.lora_B.shape, device=device, dtype=dtype)
+        )
         layer.reset_lora_parameters()
         return layer
 
@@ -134,7 +181,9 @@ def matches_target(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def linear_layers_matching(model: nn.Module, targets: Iterable[str]) -> dict[str, nn.Linear]:
+def linear_layers_matching(
+    model: nn.Module, targets: Iterable[str]
+) -> dict[str, nn.Linear]:
     """The plain nn.Linear layers of the model that any of `targets` selects, by module path. [Ch. 4]"""
     targets = list(targets)
     return {
@@ -146,22 +195,45 @@ def linear_layers_matching(model: nn.Module, targets: Iterable[str]) -> dict[str
 
 def linear_layer_names(model: nn.Module) -> list[str]:
     """The distinct short names of the nn.Linear layers in a model, e.g. ['k_proj', 'lm_head', …]. [Ch. 4]"""
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)})
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear)
+        }
+    )
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """The model's LoRALinear layers, by module path. [Ch. 4]"""
-    return {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, LoRALinear)
+    }
 
 
-def inject_lora(model: nn.Module, target_modules: Iterable[str], r: int, lora_alpha: float, **options) -> nn.Module:
+def inject_lora(
+    model: nn.Module,
+    target_modules: Iterable[str],
+    r: int,
+    lora_alpha: float,
+    **options,
+) -> nn.Module:
     """Freeze every parameter and replace the nn.Linear layers named in target_modules by LoRALinear. [Ch. 4]"""
     if isinstance(target_modules, str):
-        raise TypeError(f"target_modules must be a list of names, got the string {target_modules!r}; write [{target_modules!r}]")
+        raise TypeError(
+            f"target_modules must be a list of names, got the string {target_modules!r}; write [{target_modules!r}]"
+        )
     targets = list(target_modules)
     if lora_layers(model):
-        raise ValueError("the model already has LoRA layers: inject_lora must be called once (load_adapter reuses them)")
-    matched = {t: [n for n, _ in model.named_modules() if n and matches_target(n, t)] for t in targets}
+        raise ValueError(
+            "the model already has LoRA layers: inject_lora must be called once (load_adapter reuses them)"
+        )
+    matched = {
+        t: [n for n, _ in model.named_modules() if n and matches_target(n, t)]
+        for t in targets
+    }
     missing = [t for t, names in matched.items() if not names]
     if not targets or missing:
         raise ValueError(
@@ -172,12 +244,18 @@ def inject_lora(model: nn.Module, target_modules: Iterable[str], r: int, lora_al
     for name in names:
         module = model.get_submodule(name)
         if type(module) is not nn.Linear:
-            raise TypeError(f"target module {name!r} is a {type(module).__name__}, not an nn.Linear")
+            raise TypeError(
+                f"target module {name!r} is a {type(module).__name__}, not an nn.Linear"
+            )
     model.requires_grad_(False)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, LoRALinear.from_linear(getattr(parent, child), r, lora_alpha, **options))
+        setattr(
+            parent,
+            child,
+            LoRALinear.from_linear(getattr(parent, child), r, lora_alpha, **options),
+        )
     return model
 
 
@@ -204,7 +282,11 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The lora_A and lora_B parameters, by name, e.g. 'model.layers.0.self_attn.q_proj.lora_A'. [Ch. 4]"""
-    return {name: p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B")}
+    return {
+        name: p
+        for name, p in model.named_parameters()
+        if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B")
+    }
 
 
 def mark_only_lora_as_trainable(model: nn.Module) -> nn.Module:
@@ -219,16 +301,22 @@ def mark_only_lora_as_trainable(model: nn.Module) -> nn.Module:
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; works on the meta device. [Ch. 4]"""
     parameters = list(model.parameters())  # shared (tied) parameters are listed once
-    return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
+    return sum(p.numel() for p in parameters if p.requires_grad), sum(
+        p.numel() for p in parameters
+    )
 
 
 # --- Adapters on disk, in PEFT's format -----------------------------------------------------
 
 
 def _adapter_settings(layers: dict[str, LoRALinear]) -> dict:
-    settings = {(layer.r, layer.lora_alpha, layer.use_rslora) for layer in layers.values()}
+    settings = {
+        (layer.r, layer.lora_alpha, layer.use_rslora) for layer in layers.values()
+    }
     if len(settings) != 1:
-        raise ValueError(f"all LoRA layers must share r, lora_alpha and use_rslora to be saved as one adapter, got {settings}")
+        raise ValueError(
+            f"all LoRA layers must share r, lora_alpha and use_rslora to be saved as one adapter, got {settings}"
+        )
     ((r, lora_alpha, use_rslora),) = settings
     return {"r": r, "lora_alpha": lora_alpha, "use_rslora": use_rslora}
 
@@ -244,7 +332,9 @@ def save_adapter(
     layers = _require_lora(model)
     directory = Path(directory)
     if (directory / ADAPTER_WEIGHTS).exists() and not overwrite:
-        raise FileExistsError(f"{directory} already holds an adapter; pass overwrite=True to replace it")
+        raise FileExistsError(
+            f"{directory} already holds an adapter; pass overwrite=True to replace it"
+        )
     config = {
         "peft_type": "LORA",
         "task_type": task_type,
@@ -258,8 +348,12 @@ def save_adapter(
     }
     tensors = {}
     for name, layer in layers.items():
-        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().cpu().contiguous()
-        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().cpu().contiguous()
+        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = (
+            layer.lora_A.detach().cpu().contiguous()
+        )
+        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = (
+            layer.lora_B.detach().cpu().contiguous()
+        )
     # Stage both files and move them in together, so that an interrupted save leaves the old adapter or the new one.
     with staged_files(directory, [ADAPTER_WEIGHTS, ADAPTER_CONFIG]) as staging:
         save_file(tensors, staging / ADAPTER_WEIGHTS, metadata={"format": "pt"})
@@ -270,12 +364,20 @@ def save_adapter(
 def read_adapter_config(directory) -> dict:
     """Read and check an adapter's adapter_config.json, raising if a file or a needed key is missing. [Ch. 4]"""
     directory = Path(directory)
-    missing = [name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if not (directory / name).is_file()]
+    missing = [
+        name
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+        if not (directory / name).is_file()
+    ]
     if missing:
-        raise FileNotFoundError(f"{directory} is not a complete adapter: missing {', '.join(missing)}")
+        raise FileNotFoundError(
+            f"{directory} is not a complete adapter: missing {', '.join(missing)}"
+        )
     config = json.loads((directory / ADAPTER_CONFIG).read_text())
     if config.get("peft_type") != "LORA":
-        raise ValueError(f"{directory / ADAPTER_CONFIG} has peft_type {config.get('peft_type')!r}, expected 'LORA'")
+        raise ValueError(
+            f"{directory / ADAPTER_CONFIG} has peft_type {config.get('peft_type')!r}, expected 'LORA'"
+        )
     absent = [key for key in ("r", "lora_alpha", "target_modules") if key not in config]
     if absent:
         # PEFT would silently fall back to r = 8, lora_alpha = 8; guessing would give wrong outputs.
@@ -283,7 +385,9 @@ def read_adapter_config(directory) -> dict:
     # Features of PEFT that this from-scratch layer does not implement: loading such an adapter anyway
     # would give a model that silently computes something else.
     unsupported = {
-        "target_modules as a regular expression": isinstance(config["target_modules"], str),
+        "target_modules as a regular expression": isinstance(
+            config["target_modules"], str
+        ),
         "use_dora": config.get("use_dora"),
         "rank_pattern": config.get("rank_pattern"),
         "alpha_pattern": config.get("alpha_pattern"),
@@ -294,14 +398,20 @@ def read_adapter_config(directory) -> dict:
     }
     used = [feature for feature, value in unsupported.items() if value]
     if used:
-        raise ValueError(f"the adapter in {directory} uses {', '.join(used)}, which lora_edu does not support; load it with PEFT")
+        raise ValueError(
+            f"the adapter in {directory} uses {', '.join(used)}, which lora_edu does not support; load it with PEFT"
+        )
     return config
 
 
 def load_adapter(model: nn.Module, directory) -> nn.Module:
     """Load an adapter saved by save_adapter or by PEFT, injecting LoRA layers first if the model has none. [Ch. 4]"""
     config = read_adapter_config(directory)
-    r, alpha, rslora = config["r"], config["lora_alpha"], bool(config.get("use_rslora", False))
+    r, alpha, rslora = (
+        config["r"],
+        config["lora_alpha"],
+        bool(config.get("use_rslora", False)),
+    )
     layers = lora_layers(model)
     for name, layer in layers.items():
         if (layer.r, layer.lora_alpha, layer.use_rslora) != (r, alpha, rslora):
@@ -310,15 +420,28 @@ def load_adapter(model: nn.Module, directory) -> nn.Module:
                 f"but LoRA layer {name!r} has r={layer.r}, lora_alpha={layer.lora_alpha}, use_rslora={layer.use_rslora}"
             )
         if layer.merged:
-            raise ValueError(f"LoRA layer {name!r} is merged: unmerge the model before loading an adapter into it")
+            raise ValueError(
+                f"LoRA layer {name!r} is merged: unmerge the model before loading an adapter into it"
+            )
     # Check every tensor against the layer it belongs to before changing the model at all.
     targets = layers or linear_layers_matching(model, config["target_modules"])
     tensors = load_file(Path(directory) / ADAPTER_WEIGHTS)
     expected = {}
     for name, module in targets.items():
-        expected[f"{PEFT_PREFIX}{name}.lora_A.weight"] = (name, "lora_A", (r, module.in_features))
-        expected[f"{PEFT_PREFIX}{name}.lora_B.weight"] = (name, "lora_B", (module.out_features, r))
-    unexpected, absent = sorted(set(tensors) - set(expected)), sorted(set(expected) - set(tensors))
+        expected[f"{PEFT_PREFIX}{name}.lora_A.weight"] = (
+            name,
+            "lora_A",
+            (r, module.in_features),
+        )
+        expected[f"{PEFT_PREFIX}{name}.lora_B.weight"] = (
+            name,
+            "lora_B",
+            (module.out_features, r),
+        )
+    unexpected, absent = (
+        sorted(set(tensors) - set(expected)),
+        sorted(set(expected) - set(tensors)),
+    )
     if unexpected or absent:
         raise ValueError(
             f"the adapter in {directory} does not fit this model: {len(unexpected)} tensors for no LoRA layer "

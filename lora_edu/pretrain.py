@@ -24,7 +24,14 @@ DATA_DIR = Path(__file__).parent / "data" / "tiny-llama3"
 BEGIN, END, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"
 # Llama 3's own special tokens, so that code written for Llama 3 works on the tiny model. The padding token is
 # Llama 3.1's: a token of its own, because padding with <|end_of_text|> would mask that token out of the labels.
-SPECIAL_TOKENS = [BEGIN, END, "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", PAD]
+SPECIAL_TOKENS = [
+    BEGIN,
+    END,
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    PAD,
+]
 
 # (name, city, topic, job): the facts the corpus states again and again, in several phrasings.
 PEOPLE = [
@@ -73,7 +80,11 @@ TEMPLATES = [
     "{name} will be in {city} on {day} with {friend}.",
     "{name} has {number} books about {topic}.",
 ]
-FILLERS = {"day": DAYS, "condition": CONDITIONS, "number": [str(n) for n in range(-8, 41)]}
+FILLERS = {
+    "day": DAYS,
+    "condition": CONDITIONS,
+    "number": [str(n) for n in range(-8, 41)],
+}
 
 
 def tiny_llama3_config(vocab_size: int, pad_token_id: int | None = None) -> LlamaConfig:
@@ -97,7 +108,9 @@ def tiny_llama3_config(vocab_size: int, pad_token_id: int | None = None) -> Llam
 
 def _fill(template: str, person: tuple, friend: str = "", **fillers) -> str:
     name, city, topic, job = person
-    return template.format(name=name, city=city, topic=topic, job=job, friend=friend, **fillers)
+    return template.format(
+        name=name, city=city, topic=topic, job=job, friend=friend, **fillers
+    )
 
 
 def all_sentences() -> list[str]:
@@ -105,16 +118,26 @@ def all_sentences() -> list[str]:
     sentences = []
     for person in PEOPLE:
         for template in TEMPLATES:
-            options = [[""]] + [values for key, values in FILLERS.items() if "{" + key + "}" in template]
-            friends = [p[0] for p in PEOPLE if p != person] if "{friend}" in template else [""]
+            options = [[""]] + [
+                values for key, values in FILLERS.items() if "{" + key + "}" in template
+            ]
+            friends = (
+                [p[0] for p in PEOPLE if p != person]
+                if "{friend}" in template
+                else [""]
+            )
             keys = [key for key in FILLERS if "{" + key + "}" in template]
             for friend in friends:
                 for values in itertools.product(*options[1:]):
-                    sentences.append(_fill(template, person, friend, **dict(zip(keys, values))))
+                    sentences.append(
+                        _fill(template, person, friend, **dict(zip(keys, values)))
+                    )
     return sentences
 
 
-def generate_corpus(lines: int, seed: int, heldout_share: float = 0.1) -> tuple[list[str], list[str]]:
+def generate_corpus(
+    lines: int, seed: int, heldout_share: float = 0.1
+) -> tuple[list[str], list[str]]:
     """(training lines, held-out sentences): a seeded share of the distinct sentences is never trained on. [Ch. 5]"""
     rng = random.Random(seed)
     sentences = all_sentences()
@@ -138,7 +161,11 @@ def weather_reports(lines: int, seed: int) -> list[str]:
     for _ in range(lines):
         city = rng.choice(list(WEATHER))
         conditions, temperatures = WEATHER[city]
-        day, condition, degrees = rng.choice(DAYS), rng.choice(conditions), rng.choice(temperatures)
+        day, condition, degrees = (
+            rng.choice(DAYS),
+            rng.choice(conditions),
+            rng.choice(temperatures),
+        )
         reports.append(
             rng.choice(
                 [
@@ -151,32 +178,52 @@ def weather_reports(lines: int, seed: int) -> list[str]:
     return reports
 
 
-def train_tokenizer(corpus: list[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    corpus: list[str], vocab_size: int = 1024
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer, as Llama 3 uses, trained on the corpus and wrapped for transformers. [Ch. 5]"""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     # Like Llama 3's tokenizer, start every text with <|begin_of_text|>.
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BEGIN} $A", pair=f"{BEGIN} $A {BEGIN} $B", special_tokens=[(BEGIN, tokenizer.token_to_id(BEGIN))]
+        single=f"{BEGIN} $A",
+        pair=f"{BEGIN} $A {BEGIN} $B",
+        special_tokens=[(BEGIN, tokenizer.token_to_id(BEGIN))],
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BEGIN, eos_token=END, pad_token=PAD)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=BEGIN, eos_token=END, pad_token=PAD
+    )
 
 
 def pack_blocks(tokenizer, lines: list[str], block_size: int) -> torch.Tensor:
     """Tokenize lines, end each with <|end_of_text|>, concatenate and cut into blocks, shape (n, block_size). [Ch. 5]"""
-    ids = [i for line in lines for i in tokenizer(line)["input_ids"] + [tokenizer.eos_token_id]]
+    ids = [
+        i
+        for line in lines
+        for i in tokenizer(line)["input_ids"] + [tokenizer.eos_token_id]
+    ]
     n = len(ids) // block_size
     if n == 0:
-        raise ValueError(f"the text holds {len(ids)} tokens, fewer than one block of block_size={block_size}")
+        raise ValueError(
+            f"the text holds {len(ids)} tokens, fewer than one block of block_size={block_size}"
+        )
     return torch.tensor(ids[: n * block_size]).view(n, block_size)
 
 
-def pretrain(output: Path, steps: int = 600, batch_size: int = 16, block_size: int = 64, seed: int = 0) -> list[float]:
+def pretrain(
+    output: Path,
+    steps: int = 600,
+    batch_size: int = 16,
+    block_size: int = 64,
+    seed: int = 0,
+) -> list[float]:
     """Build corpus, tokenizer and model, pretrain for `steps`, and save all of it to `output`; return the losses."""
     torch.manual_seed(seed)
     corpus, heldout = generate_corpus(7000, seed=seed)
@@ -188,7 +235,8 @@ def pretrain(output: Path, steps: int = 600, batch_size: int = 16, block_size: i
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / steps)))
+        optimizer,
+        lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / steps))),
     )
     generator, losses = torch.Generator().manual_seed(seed), []
     model.train()
@@ -207,25 +255,47 @@ def pretrain(output: Path, steps: int = 600, batch_size: int = 16, block_size: i
     tokenizer.save_pretrained(output)
     (output / "corpus.txt").write_text("\n".join(corpus) + "\n")
     (output / "heldout.txt").write_text("\n".join(heldout) + "\n")
-    (output / "pretraining_log.json").write_text(json.dumps({"steps": steps, "seed": seed, "losses": losses}) + "\n")
+    (output / "pretraining_log.json").write_text(
+        json.dumps({"steps": steps, "seed": seed, "losses": losses}) + "\n"
+    )
     return losses
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Pretrain the course's tiny Llama-3 model from scratch.")
-    parser.add_argument("--output", type=Path, default=DATA_DIR, help=f"where to save the model (default {DATA_DIR})")
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
-    parser.add_argument("--seed", type=int, default=0, help="the seed for corpus, initialisation and batches (default 0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
+    parser = argparse.ArgumentParser(
+        description="Pretrain the course's tiny Llama-3 model from scratch."
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DATA_DIR,
+        help=f"where to save the model (default {DATA_DIR})",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=600, help="optimizer steps (default 600)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the seed for corpus, initialisation and batches (default 0)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a model already in --output"
+    )
     args = parser.parse_args(argv)
     if args.steps <= 0:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
     if (args.output / "model.safetensors").exists() and not args.overwrite:
-        parser.error(f"{args.output} already holds a model; pass --overwrite to replace it")
+        parser.error(
+            f"{args.output} already holds a model; pass --overwrite to replace it"
+        )
     # The shipped model was built with 2 threads; the thread count changes the order of float sums, so keep it.
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     losses = pretrain(args.output, steps=args.steps, seed=args.seed)
-    print(f"pretrained {args.steps} steps: loss {losses[0]:.3f} → {losses[-1]:.3f}; saved to {args.output}")
+    print(
+        f"pretrained {args.steps} steps: loss {losses[0]:.3f} → {losses[-1]:.3f}; saved to {args.output}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,12 +13,17 @@ def verdict(capsys, check, *args):
 
 def test_check_rank(capsys):
     M = [[1, 2, 1], [2, 4, 0], [3, 6, 1]]
-    assert verdict(capsys, exercises.check_rank, M, 2) == (True, "✅ Correct. The rank is 2.\n")
+    assert verdict(capsys, exercises.check_rank, M, 2) == (
+        True,
+        "✅ Correct. The rank is 2.\n",
+    )
     result, out = verdict(capsys, exercises.check_rank, M, 3)
     assert not result and "too high" in out and "2" not in out.replace("3", "")
     result, out = verdict(capsys, exercises.check_rank, M, 1)
     assert not result and "too low" in out
-    with pytest.raises(TypeError, match=r"answer must be an integer, got 2.0 \(float\)"):
+    with pytest.raises(
+        TypeError, match=r"answer must be an integer, got 2.0 \(float\)"
+    ):
         exercises.check_rank(M, 2.0)
 
 
@@ -32,7 +37,9 @@ def test_check_has_rank(capsys):
 
 def test_check_singular_values(capsys):
     A = [[3, 0], [4, 5]]
-    assert verdict(capsys, exercises.check_singular_values, A, [np.sqrt(5), 3 * np.sqrt(5)])[0]
+    assert verdict(
+        capsys, exercises.check_singular_values, A, [np.sqrt(5), 3 * np.sqrt(5)]
+    )[0]
     result, out = verdict(capsys, exercises.check_singular_values, A, [45, 5])
     assert not result and "square roots" in out
     result, out = verdict(capsys, exercises.check_singular_values, A, [6.0])
@@ -53,7 +60,15 @@ def test_check_approximation_error(capsys):
 
 
 def test_check_lora_parameter_count(capsys):
-    assert verdict(capsys, exercises.check_lora_parameter_count, 4096, 4096, 8, 65_536)[0]
-    for wrong, hint in [(4096 * 4096, "size of the full weight"), (32_768, "one factor"), (12, "count the entries")]:
-        result, out = verdict(capsys, exercises.check_lora_parameter_count, 4096, 4096, 8, wrong)
+    assert verdict(capsys, exercises.check_lora_parameter_count, 4096, 4096, 8, 65_536)[
+        0
+    ]
+    for wrong, hint in [
+        (4096 * 4096, "size of the full weight"),
+        (32_768, "one factor"),
+        (12, "count the entries"),
+    ]:
+        result, out = verdict(
+            capsys, exercises.check_lora_parameter_count, 4096, 4096, 8, wrong
+        )
         assert not result and hint in out

@@ -23,7 +23,9 @@ def test_staged_files_move_in_together(tmp_path):
         (staging / "a").write_text("new a")
         (staging / "b").write_text("new b")
     assert sorted(p.name for p in target.iterdir()) == ["a", "b"]
-    assert [p.name for p in tmp_path.iterdir()] == ["out"], "the staging folder must be gone"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"], (
+        "the staging folder must be gone"
+    )
 
 
 def test_a_failure_before_the_move_changes_nothing(tmp_path):
@@ -39,7 +41,10 @@ def test_a_failure_before_the_move_changes_nothing(tmp_path):
 
 
 def test_a_missing_staged_file_is_an_error_and_moves_nothing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="did not produce b"), files.staged_files(tmp_path / "out", ["a", "b"]) as staging:
+    with (
+        pytest.raises(FileNotFoundError, match="did not produce b"),
+        files.staged_files(tmp_path / "out", ["a", "b"]) as staging,
+    ):
         (staging / "a").write_text("new a")
     assert not (tmp_path / "out").exists()
 
@@ -53,10 +58,15 @@ def test_ctrl_c_during_the_move_still_moves_every_file(tmp_path, monkeypatch):
 
     def replace_then_interrupt(source, destination):
         real_replace(source, destination)
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after the first file has moved
+        os.kill(
+            os.getpid(), signal.SIGINT
+        )  # Ctrl-C right after the first file has moved
 
     monkeypatch.setattr(files.os, "replace", replace_then_interrupt)
-    with pytest.raises(KeyboardInterrupt), files.staged_files(target, ["a", "b"]) as staging:
+    with (
+        pytest.raises(KeyboardInterrupt),
+        files.staged_files(target, ["a", "b"]) as staging,
+    ):
         for name in "ab":
             (staging / name).write_text(f"new {name}")
     assert [(target / n).read_text() for n in "ab"] == ["new a", "new b"]

@@ -14,7 +14,9 @@ from lora_edu import linalg
 MULTIPLES = [[1, 2, 3], [2, 4, 6], [3, 6, 9]]
 
 small_matrices = st.tuples(st.integers(1, 7), st.integers(1, 7)).flatmap(
-    lambda shape: arrays(np.float64, shape, elements=st.floats(-10, 10, allow_nan=False, width=32))
+    lambda shape: arrays(
+        np.float64, shape, elements=st.floats(-10, 10, allow_nan=False, width=32)
+    )
 )
 
 
@@ -24,7 +26,11 @@ small_matrices = st.tuples(st.integers(1, 7), st.integers(1, 7)).flatmap(
 @pytest.mark.parametrize(
     ("bad", "error", "message"),
     [
-        (np.ones(3), ValueError, r"A must be 2-D \(m×n\), got an array with shape \(3,\)"),
+        (
+            np.ones(3),
+            ValueError,
+            r"A must be 2-D \(m×n\), got an array with shape \(3,\)",
+        ),
         (np.ones((2, 2, 2)), ValueError, r"shape \(2, 2, 2\)"),
         ([[1.0, np.nan]], ValueError, r"finite numbers, got NaN or inf at \[0, 1\]"),
         ([[np.inf, 1.0]], ValueError, r"finite numbers, got NaN or inf at \[0, 0\]"),
@@ -38,7 +44,12 @@ def test_as_matrix_rejects_bad_input_naming_the_argument(bad, error, message):
 
 @pytest.mark.parametrize(
     "function",
-    [linalg.exact_rank, linalg.numerical_rank, linalg.worked_svd, lambda A: linalg.low_rank_approximation(A, 1)],
+    [
+        linalg.exact_rank,
+        linalg.numerical_rank,
+        linalg.worked_svd,
+        lambda A: linalg.low_rank_approximation(A, 1),
+    ],
 )
 def test_every_entry_point_validates_its_matrix(function):
     with pytest.raises(ValueError, match="must be 2-D"):
@@ -70,7 +81,9 @@ def test_numerical_rank_rejects_a_bad_tolerance(tol):
 
 
 def test_worked_svd_needs_exact_entries():
-    with pytest.raises(TypeError, match=r"integer or Fraction entries .* got 0\.5 \(float\)"):
+    with pytest.raises(
+        TypeError, match=r"integer or Fraction entries .* got 0\.5 \(float\)"
+    ):
         linalg.worked_svd([[1, 0.5], [0, 1]])
 
 
@@ -93,15 +106,24 @@ def test_energy_and_rank_for_energy_reject_bad_input():
 # --- Chapter 1: rank -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("A", "rank"), [(np.eye(3, dtype=int), 3), (MULTIPLES, 1), (np.zeros((2, 2), dtype=int), 0)])
+@pytest.mark.parametrize(
+    ("A", "rank"),
+    [(np.eye(3, dtype=int), 3), (MULTIPLES, 1), (np.zeros((2, 2), dtype=int), 0)],
+)
 def test_the_chapter_examples_have_the_ranks_the_chapter_states(A, rank):
     assert linalg.exact_rank(A) == rank
     assert linalg.numerical_rank(A) == rank
 
 
 def test_elimination_records_exact_steps_and_pivots():
-    elimination = linalg.gaussian_elimination([[0, 2, 4, 1], [3, 1, 2, 2], [3, 3, 6, 3]])
-    assert [step for step, _ in elimination.steps] == ["R1 ↔ R2", "R3 ← R3 − 1·R1", "R3 ← R3 − 1·R2"]
+    elimination = linalg.gaussian_elimination(
+        [[0, 2, 4, 1], [3, 1, 2, 2], [3, 3, 6, 3]]
+    )
+    assert [step for step, _ in elimination.steps] == [
+        "R1 ↔ R2",
+        "R3 ← R3 − 1·R1",
+        "R3 ← R3 − 1·R2",
+    ]
     assert elimination.pivot_columns == [0, 1] and elimination.rank == 2
     halves = linalg.gaussian_elimination([[2, 1], [1, 3]])
     assert halves.echelon == [[2, 1], [0, Fraction(5, 2)]]
@@ -109,23 +131,42 @@ def test_elimination_records_exact_steps_and_pivots():
 
 
 def test_elimination_writes_plus_for_a_negative_factor():
-    assert linalg.gaussian_elimination([[1, 1], [-2, 0]]).steps[0][0] == "R2 ← R2 + 2·R1"
+    assert (
+        linalg.gaussian_elimination([[1, 1], [-2, 0]]).steps[0][0] == "R2 ← R2 + 2·R1"
+    )
 
 
 def test_format_matrix_aligns_columns():
-    assert linalg.format_matrix([[1, Fraction(-1, 2)], [10, 0]]) == "[    1  -1/2 ]\n[   10     0 ]"
+    assert (
+        linalg.format_matrix([[1, Fraction(-1, 2)], [10, 0]])
+        == "[    1  -1/2 ]\n[   10     0 ]"
+    )
 
 
 @settings(max_examples=60, deadline=None)
-@given(r=st.integers(0, 5), m=st.integers(5, 9), n=st.integers(5, 9), seed=st.integers(0, 2**32 - 1))
+@given(
+    r=st.integers(0, 5),
+    m=st.integers(5, 9),
+    n=st.integers(5, 9),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_a_sum_of_r_random_outer_products_has_rank_r(r, m, n, seed):
     rng = np.random.default_rng(seed)
-    A = sum((np.outer(rng.standard_normal(m), rng.standard_normal(n)) for _ in range(r)), np.zeros((m, n)))
+    A = sum(
+        (np.outer(rng.standard_normal(m), rng.standard_normal(n)) for _ in range(r)),
+        np.zeros((m, n)),
+    )
     assert linalg.numerical_rank(A) == r
 
 
 @settings(max_examples=60, deadline=None)
-@given(entries=arrays(np.int64, st.tuples(st.integers(1, 5), st.integers(1, 5)), elements=st.integers(-4, 4)))
+@given(
+    entries=arrays(
+        np.int64,
+        st.tuples(st.integers(1, 5), st.integers(1, 5)),
+        elements=st.integers(-4, 4),
+    )
+)
 def test_exact_rank_agrees_with_sympy(entries):
     assert linalg.exact_rank(entries) == sympy.Matrix(entries.tolist()).rank()
 
@@ -137,7 +178,9 @@ def test_the_default_tolerance_separates_rounding_from_noise():
     assert linalg.numerical_rank(rounded) == 1
     assert linalg.numerical_rank(noisy) == 3 == linalg.numerical_rank(noisy, tol=0.0)
     assert linalg.numerical_rank(noisy, tol=1e-9) == 1
-    assert linalg.default_tolerance(noisy) == pytest.approx(14 * 3 * np.finfo(float).eps, rel=1e-9)
+    assert linalg.default_tolerance(noisy) == pytest.approx(
+        14 * 3 * np.finfo(float).eps, rel=1e-9
+    )
 
 
 # --- Chapter 2: the SVD --------------------------------------------------------------------
@@ -206,7 +249,11 @@ def test_eckart_young_error_equals_the_tail_norm(A, data):
 @settings(max_examples=80, deadline=None)
 @given(A=small_matrices)
 def test_the_full_svd_reconstructs_exactly(A):
-    assert np.allclose(linalg.low_rank_approximation(A, min(A.shape)), A, atol=1e-9 * max(1.0, np.abs(A).max()))
+    assert np.allclose(
+        linalg.low_rank_approximation(A, min(A.shape)),
+        A,
+        atol=1e-9 * max(1.0, np.abs(A).max()),
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -227,7 +274,9 @@ def test_no_perturbed_competitor_beats_the_truncated_svd():
 
 
 def test_approximation_errors_needs_matching_shapes():
-    with pytest.raises(ValueError, match=r"A_k must have the shape of A, \(2, 2\), got \(2, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"A_k must have the shape of A, \(2, 2\), got \(2, 3\)"
+    ):
         linalg.approximation_errors(np.eye(2), np.ones((2, 3)))
 
 

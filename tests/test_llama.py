@@ -7,9 +7,20 @@ import torch
 from nbclient import NotebookClient
 
 from lora_edu import llama
-from lora_edu.llama import LLAMA3_8B, ModelUnavailableError, build_on_meta, llama3_8b_config, load_model
+from lora_edu.llama import (
+    LLAMA3_8B,
+    ModelUnavailableError,
+    build_on_meta,
+    llama3_8b_config,
+    load_model,
+)
 from lora_edu.lora import count_parameters, inject_lora, lora_layers
-from lora_edu.pretrain import DATA_DIR, all_sentences, generate_corpus, tiny_llama3_config
+from lora_edu.pretrain import (
+    DATA_DIR,
+    all_sentences,
+    generate_corpus,
+    tiny_llama3_config,
+)
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -28,11 +39,17 @@ def test_the_tiny_model_has_llama3_architecture(tiny):
     assert type(model).__name__ == "LlamaForCausalLM"
     assert config.num_key_value_heads < config.num_attention_heads
     assert config.rope_parameters["rope_theta"] == 500000.0
-    assert config.hidden_act == "silu" and type(model.model.norm).__name__ == "LlamaRMSNorm"
+    assert (
+        config.hidden_act == "silu"
+        and type(model.model.norm).__name__ == "LlamaRMSNorm"
+    )
     assert not config.tie_word_embeddings
     assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
     assert [n for n, _ in model.model.layers[0].self_attn.named_children()] == TARGETS
-    assert tokenizer.bos_token == "<|begin_of_text|>" and tokenizer.eos_token == "<|end_of_text|>"
+    assert (
+        tokenizer.bos_token == "<|begin_of_text|>"
+        and tokenizer.eos_token == "<|end_of_text|>"
+    )
     assert "<|eot_id|>" in tokenizer.get_vocab()
     assert tokenizer("Alice")["input_ids"][0] == tokenizer.bos_token_id
 
@@ -47,16 +64,24 @@ def test_the_shipped_model_has_learned_its_corpus(tiny):
     heldout = (DATA_DIR / "heldout.txt").read_text().splitlines()
     torch.manual_seed(0)
     untrained = type(model)(model.config).eval()
-    trained_loss, untrained_loss = llama.text_loss(model, tokenizer, heldout), llama.text_loss(untrained, tokenizer, heldout)
+    trained_loss, untrained_loss = (
+        llama.text_loss(model, tokenizer, heldout),
+        llama.text_loss(untrained, tokenizer, heldout),
+    )
     assert untrained_loss > 5.0 and trained_loss < 1.0, (trained_loss, untrained_loss)
-    assert llama.complete(model, tokenizer, "Alice lives in") == " Oslo and writes about chess."
+    assert (
+        llama.complete(model, tokenizer, "Alice lives in")
+        == " Oslo and writes about chess."
+    )
 
 
 def test_the_shipped_text_is_the_generated_corpus_and_heldout_is_never_trained_on():
     corpus = (DATA_DIR / "corpus.txt").read_text().splitlines()
     heldout = (DATA_DIR / "heldout.txt").read_text().splitlines()
     assert (corpus, heldout) == generate_corpus(7000, seed=0)
-    assert len(heldout) == round(0.1 * len(all_sentences())) and not set(heldout) & set(corpus)
+    assert len(heldout) == round(0.1 * len(all_sentences())) and not set(heldout) & set(
+        corpus
+    )
     # Each held-out sentence states facts that the corpus states in other words.
     for sentence in heldout:
         assert any(sentence.split()[0] in line for line in corpus)
@@ -76,12 +101,18 @@ def test_text_loss_matches_transformers_loss_for_one_sentence(tiny):
     ids = torch.tensor([tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]])
     with torch.no_grad():
         expected = model(input_ids=ids, labels=ids).loss.item()
-    assert llama.text_loss(model, tokenizer, [text]) == pytest.approx(expected, rel=1e-5)
+    assert llama.text_loss(model, tokenizer, [text]) == pytest.approx(
+        expected, rel=1e-5
+    )
     # Batching pads shorter texts; the padding must not change the mean.
     pair = [text, "Sam is a nurse who loves chess."]
     separate = [llama.text_loss(model, tokenizer, [t]) for t in pair]
-    counts = [len(tokenizer(t)["input_ids"]) for t in pair]  # BOS…EOS gives as many predictions as tokens before EOS
-    assert llama.text_loss(model, tokenizer, pair) == pytest.approx(sum(s * c for s, c in zip(separate, counts)) / sum(counts))
+    counts = [
+        len(tokenizer(t)["input_ids"]) for t in pair
+    ]  # BOS…EOS gives as many predictions as tokens before EOS
+    assert llama.text_loss(model, tokenizer, pair) == pytest.approx(
+        sum(s * c for s, c in zip(separate, counts)) / sum(counts)
+    )
 
 
 # --- one loader, two worlds --------------------------------------------------------------------
@@ -113,7 +144,9 @@ def test_no_access_to_the_hub_stops_with_a_clear_message(monkeypatch):
         load_model(LLAMA3_8B)
     message = str(error.value)
     assert "Hugging Face Hub refused or could not be reached" in message
-    assert "huggingface-cli login" in message and "MODEL_NAME = 'tiny-llama3'" in message
+    assert (
+        "huggingface-cli login" in message and "MODEL_NAME = 'tiny-llama3'" in message
+    )
 
 
 def test_bad_loader_arguments():
@@ -125,16 +158,31 @@ def test_bad_loader_arguments():
 
 def test_the_chapter_stops_cleanly_when_the_hub_model_is_chosen_without_a_gpu():
     notebook = nbformat.read("notebooks/05_lora_on_llama3.ipynb", as_version=4)
-    setting = next(i for i, c in enumerate(notebook.cells) if c.source.startswith("MODEL_NAME = "))
-    loading = next(i for i, c in enumerate(notebook.cells) if "load_model(MODEL_NAME" in c.source)
-    notebook.cells[setting].source = notebook.cells[setting].source.replace('"tiny-llama3"', f'"{LLAMA3_8B}"', 1)
+    setting = next(
+        i for i, c in enumerate(notebook.cells) if c.source.startswith("MODEL_NAME = ")
+    )
+    loading = next(
+        i for i, c in enumerate(notebook.cells) if "load_model(MODEL_NAME" in c.source
+    )
+    notebook.cells[setting].source = notebook.cells[setting].source.replace(
+        '"tiny-llama3"', f'"{LLAMA3_8B}"', 1
+    )
     notebook.cells = notebook.cells[setting : loading + 1]
-    notebook.cells.insert(0, nbformat.v4.new_code_cell("import torch\ntorch.cuda.is_available = lambda: False"))
-    client = NotebookClient(notebook, timeout=120, kernel_name="python3", allow_errors=True)
+    notebook.cells.insert(
+        0,
+        nbformat.v4.new_code_cell(
+            "import torch\ntorch.cuda.is_available = lambda: False"
+        ),
+    )
+    client = NotebookClient(
+        notebook, timeout=120, kernel_name="python3", allow_errors=True
+    )
     client.execute()
     error = next(o for o in notebook.cells[-1].outputs if o.output_type == "error")
     assert error.ename == "ModelUnavailableError"
-    assert len(error.traceback) == 1 and "needs a CUDA GPU" in error.traceback[0], error.traceback
+    assert len(error.traceback) == 1 and "needs a CUDA GPU" in error.traceback[0], (
+        error.traceback
+    )
     assert "MODEL_NAME = 'tiny-llama3'" in error.traceback[0]
 
 
@@ -150,9 +198,19 @@ def test_llama3_8b_on_meta_has_its_published_size():
 def test_the_lora_count_for_llama3_8b_is_recomputed_from_layer_shapes():
     model = inject_lora(build_on_meta(llama3_8b_config()), TARGETS, r=4, lora_alpha=4)
     layers = lora_layers(model)
-    shapes = {name.rsplit(".", 1)[-1]: (layer.in_features, layer.out_features) for name, layer in layers.items()}
-    assert shapes == {"q_proj": (4096, 4096), "k_proj": (4096, 1024), "v_proj": (4096, 1024), "o_proj": (4096, 4096)}
-    from_shapes = sum(4 * (layer.in_features + layer.out_features) for layer in layers.values())
+    shapes = {
+        name.rsplit(".", 1)[-1]: (layer.in_features, layer.out_features)
+        for name, layer in layers.items()
+    }
+    assert shapes == {
+        "q_proj": (4096, 4096),
+        "k_proj": (4096, 1024),
+        "v_proj": (4096, 1024),
+        "o_proj": (4096, 4096),
+    }
+    from_shapes = sum(
+        4 * (layer.in_features + layer.out_features) for layer in layers.values()
+    )
     assert len(layers) == 32 * 4
     assert count_parameters(model)[0] == from_shapes == 3_407_872
 
@@ -173,7 +231,9 @@ def test_memory_table_for_llama3_8b():
     quantized = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
     norms = base - embeddings - quantized
     assert norms == 32 * 2 * 4096 + 4096
-    expected_weights = quantized * llama.NF4_BITS / 8 + 2 * (embeddings + norms) + 4 * lora
+    expected_weights = (
+        quantized * llama.NF4_BITS / 8 + 2 * (embeddings + norms) + 4 * lora
+    )
     assert rows["QLoRA, 4-bit NF4 base"]["weights"] == pytest.approx(expected_weights)
     with pytest.raises(ValueError, match="no LoRA parameters"):
         llama.memory_table(build_on_meta(llama3_8b_config()))
@@ -182,6 +242,10 @@ def test_memory_table_for_llama3_8b():
 def test_tiny_config_scales_llama3_down():
     config, big = tiny_llama3_config(vocab_size=548), llama3_8b_config()
     assert config.num_key_value_heads < config.num_attention_heads
-    assert config.rope_parameters["rope_theta"] == big.rope_parameters["rope_theta"] == 500000.0
+    assert (
+        config.rope_parameters["rope_theta"]
+        == big.rope_parameters["rope_theta"]
+        == 500000.0
+    )
     assert config.hidden_act == big.hidden_act == "silu"
     assert config.tie_word_embeddings is big.tie_word_embeddings is False

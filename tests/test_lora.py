@@ -52,14 +52,23 @@ def randomize_lora(model, seed=2):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in lora.lora_layers(model).values():
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.1)
+            layer.lora_B.copy_(
+                torch.randn(layer.lora_B.shape, generator=generator) * 0.1
+            )
     return model
 
 
 def peft_twin(base, ours, r=4, lora_alpha=8, **config):
     """A PEFT model of the same base with our A and B copied in."""
     twin = get_peft_model(
-        copy.deepcopy(base), LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=TARGETS, lora_dropout=0.0, **config)
+        copy.deepcopy(base),
+        LoraConfig(
+            r=r,
+            lora_alpha=lora_alpha,
+            target_modules=TARGETS,
+            lora_dropout=0.0,
+            **config,
+        ),
     ).eval()
     with torch.no_grad():
         for name, layer in lora.lora_layers(ours).items():
@@ -75,7 +84,10 @@ def peft_twin(base, ours, r=4, lora_alpha=8, **config):
 def test_shapes_follow_loralib():
     layer = LoRALinear(in_features=10, out_features=6, r=3, lora_alpha=6)
     assert layer.lora_A.shape == (3, 10) and layer.lora_B.shape == (6, 3)
-    assert layer.scaling == 2.0 and layer.delta_weight().shape == layer.weight.shape == (6, 10)
+    assert (
+        layer.scaling == 2.0
+        and layer.delta_weight().shape == layer.weight.shape == (6, 10)
+    )
     assert layer(torch.randn(4, 5, 10)).shape == (4, 5, 6)
 
 
@@ -90,7 +102,10 @@ def test_at_initialisation_the_layer_is_exactly_the_base_layer():
 
 def test_only_a_and_b_are_trainable():
     layer = LoRALinear(10, 6, r=2, lora_alpha=2)
-    assert {name for name, p in layer.named_parameters() if p.requires_grad} == {"lora_A", "lora_B"}
+    assert {name for name, p in layer.named_parameters() if p.requires_grad} == {
+        "lora_A",
+        "lora_B",
+    }
 
 
 def test_rslora_scales_by_the_square_root_of_r():
@@ -104,7 +119,9 @@ def test_gaussian_and_kaiming_initialisations():
     kaiming = LoRALinear(4096, 8, r=4, lora_alpha=4)
     assert gaussian.lora_A.std().item() == pytest.approx(1 / 4, rel=0.05)
     assert kaiming.lora_A.abs().max().item() <= 1 / math.sqrt(4096)
-    assert kaiming.lora_A.std().item() == pytest.approx(1 / math.sqrt(3 * 4096), rel=0.05)
+    assert kaiming.lora_A.std().item() == pytest.approx(
+        1 / math.sqrt(3 * 4096), rel=0.05
+    )
 
 
 def test_merge_and_unmerge_are_idempotent_and_restore_the_weight():
@@ -135,8 +152,14 @@ def test_from_linear_shares_weights_and_keeps_dtype_and_device():
 
 
 def test_from_linear_works_on_the_meta_device():
-    layer = LoRALinear.from_linear(nn.Linear(4096, 1024, device="meta"), r=4, lora_alpha=4)
-    assert layer.weight.is_meta and layer.lora_A.is_meta and layer.lora_A.shape == (4, 4096)
+    layer = LoRALinear.from_linear(
+        nn.Linear(4096, 1024, device="meta"), r=4, lora_alpha=4
+    )
+    assert (
+        layer.weight.is_meta
+        and layer.lora_A.is_meta
+        and layer.lora_A.shape == (4, 4096)
+    )
 
 
 def test_dropout_applies_only_to_the_lora_path_in_training():
@@ -160,7 +183,10 @@ def test_r_must_be_a_positive_integer(r):
 
 
 def test_r_cannot_exceed_the_smaller_dimension():
-    with pytest.raises(ValueError, match=r"r must be at most min\(in_features, out_features\) = 8 for a 8×32 layer, got r=9"):
+    with pytest.raises(
+        ValueError,
+        match=r"r must be at most min\(in_features, out_features\) = 8 for a 8×32 layer, got r=9",
+    ):
         LoRALinear(32, 8, r=9, lora_alpha=4)
 
 
@@ -173,75 +199,128 @@ def test_lora_alpha_must_be_positive(alpha):
 def test_bad_dropout_and_init_are_rejected():
     with pytest.raises(ValueError, match=r"lora_dropout must be in \[0, 1\), got 1.0"):
         LoRALinear(16, 16, r=4, lora_alpha=4, lora_dropout=1.0)
-    with pytest.raises(ValueError, match=r"init must be 'kaiming' or 'gaussian', got 'zeros'"):
+    with pytest.raises(
+        ValueError, match=r"init must be 'kaiming' or 'gaussian', got 'zeros'"
+    ):
         LoRALinear(16, 16, r=4, lora_alpha=4, init="zeros")
 
 
 def test_target_modules_that_match_nothing_list_the_linear_layers(base):
     with pytest.raises(ValueError, match=r"\['query'\] match no module") as error:
         inject_lora(base, ["q_proj", "query"], r=4, lora_alpha=4)
-    for name in ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]:
+    for name in [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "lm_head",
+    ]:
         assert name in str(error.value)
-    assert not lora.lora_layers(base), "a failed injection must leave the model untouched"
+    assert not lora.lora_layers(base), (
+        "a failed injection must leave the model untouched"
+    )
 
 
 def test_a_target_module_must_be_a_linear_layer(base):
-    with pytest.raises(TypeError, match=r"target module 'model.layers.0.input_layernorm' is a LlamaRMSNorm, not an nn.Linear"):
+    with pytest.raises(
+        TypeError,
+        match=r"target module 'model.layers.0.input_layernorm' is a LlamaRMSNorm, not an nn.Linear",
+    ):
         inject_lora(base, ["input_layernorm"], r=4, lora_alpha=4)
-    assert all(p.requires_grad for p in base.parameters()), "a failed injection must not freeze the model"
+    assert all(p.requires_grad for p in base.parameters()), (
+        "a failed injection must not freeze the model"
+    )
 
 
 def test_target_modules_must_be_a_list_not_a_string(base):
-    with pytest.raises(TypeError, match=r"target_modules must be a list of names, got the string 'q_proj'"):
+    with pytest.raises(
+        TypeError,
+        match=r"target_modules must be a list of names, got the string 'q_proj'",
+    ):
         inject_lora(base, "q_proj", r=4, lora_alpha=4)
 
 
 def test_injecting_twice_is_an_error(base):
     inject_lora(base, TARGETS, r=4, lora_alpha=4)
-    with pytest.raises(ValueError, match="already has LoRA layers: inject_lora must be called once"):
+    with pytest.raises(
+        ValueError, match="already has LoRA layers: inject_lora must be called once"
+    ):
         inject_lora(base, ["gate_proj"], r=4, lora_alpha=4)
 
 
 def test_a_quantized_layer_is_refused():
     linear = nn.Linear(8, 8)
-    linear.weight = nn.Parameter(torch.zeros(8, 8, dtype=torch.int8), requires_grad=False)
+    linear.weight = nn.Parameter(
+        torch.zeros(8, 8, dtype=torch.int8), requires_grad=False
+    )
     with pytest.raises(TypeError, match=r"quantized torch\.int8 weight"):
         LoRALinear.from_linear(linear, r=2, lora_alpha=2)
-    with pytest.raises(TypeError, match=r"linear must be a plain nn\.Linear, got LoRALinear"):
+    with pytest.raises(
+        TypeError, match=r"linear must be a plain nn\.Linear, got LoRALinear"
+    ):
         LoRALinear.from_linear(LoRALinear(8, 8, r=2, lora_alpha=2), r=2, lora_alpha=2)
 
 
-@pytest.mark.parametrize("missing", ["adapter_config.json", "adapter_model.safetensors"])
+@pytest.mark.parametrize(
+    "missing", ["adapter_config.json", "adapter_model.safetensors"]
+)
 def test_an_adapter_directory_with_a_missing_file(base, tmp_path, missing):
-    save_adapter(inject_lora(copy.deepcopy(base), TARGETS, r=4, lora_alpha=4), tmp_path / "adapter")
+    save_adapter(
+        inject_lora(copy.deepcopy(base), TARGETS, r=4, lora_alpha=4),
+        tmp_path / "adapter",
+    )
     (tmp_path / "adapter" / missing).unlink()
-    with pytest.raises(FileNotFoundError, match=rf"is not a complete adapter: missing {missing}"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"is not a complete adapter: missing {missing}"
+    ):
         load_adapter(base, tmp_path / "adapter")
-    with pytest.raises(FileNotFoundError, match=r"missing adapter_config\.json, adapter_model\.safetensors"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"missing adapter_config\.json, adapter_model\.safetensors",
+    ):
         load_adapter(base, tmp_path / "nowhere")
 
 
 def test_an_adapter_whose_shapes_do_not_fit_names_the_module_and_both_shapes(tmp_path):
-    save_adapter(inject_lora(tiny_llama(hidden_size=64), TARGETS, r=4, lora_alpha=4), tmp_path / "adapter")
+    save_adapter(
+        inject_lora(tiny_llama(hidden_size=64), TARGETS, r=4, lora_alpha=4),
+        tmp_path / "adapter",
+    )
     smaller = tiny_llama(hidden_size=32)
     with pytest.raises(
-        ValueError, match=r"lora_A for 'model.layers.0.self_attn.q_proj' has shape \(4, 64\), but the model needs \(4, 32\)"
+        ValueError,
+        match=r"lora_A for 'model.layers.0.self_attn.q_proj' has shape \(4, 64\), but the model needs \(4, 32\)",
     ):
         load_adapter(smaller, tmp_path / "adapter")
     assert not lora.lora_layers(smaller), "a failed load must leave the model untouched"
 
 
 def test_an_adapter_saved_with_a_different_r(base, tmp_path):
-    save_adapter(inject_lora(copy.deepcopy(base), TARGETS, r=8, lora_alpha=8), tmp_path / "adapter")
+    save_adapter(
+        inject_lora(copy.deepcopy(base), TARGETS, r=8, lora_alpha=8),
+        tmp_path / "adapter",
+    )
     inject_lora(base, TARGETS, r=4, lora_alpha=8)
-    with pytest.raises(ValueError, match=r"saved with r=8, lora_alpha=8, use_rslora=False, but LoRA layer '.*' has r=4"):
+    with pytest.raises(
+        ValueError,
+        match=r"saved with r=8, lora_alpha=8, use_rslora=False, but LoRA layer '.*' has r=4",
+    ):
         load_adapter(base, tmp_path / "adapter")
 
 
 def test_an_adapter_for_other_modules(base, tmp_path):
-    save_adapter(inject_lora(copy.deepcopy(base), ["q_proj"], r=4, lora_alpha=4), tmp_path / "adapter")
+    save_adapter(
+        inject_lora(copy.deepcopy(base), ["q_proj"], r=4, lora_alpha=4),
+        tmp_path / "adapter",
+    )
     inject_lora(base, TARGETS, r=4, lora_alpha=4)
-    with pytest.raises(ValueError, match=r"does not fit this model: 0 tensors for no LoRA layer \[\], 12 LoRA weights missing"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit this model: 0 tensors for no LoRA layer \[\], 12 LoRA weights missing",
+    ):
         load_adapter(base, tmp_path / "adapter")
 
 
@@ -256,8 +335,13 @@ def test_an_adapter_for_other_modules(base, tmp_path):
         ({"rank_pattern": {"q_proj": 8}}, "uses rank_pattern"),
     ],
 )
-def test_an_adapter_config_that_cannot_be_loaded_faithfully(base, tmp_path, change, message):
-    directory = save_adapter(inject_lora(copy.deepcopy(base), TARGETS, r=4, lora_alpha=4), tmp_path / "adapter")
+def test_an_adapter_config_that_cannot_be_loaded_faithfully(
+    base, tmp_path, change, message
+):
+    directory = save_adapter(
+        inject_lora(copy.deepcopy(base), TARGETS, r=4, lora_alpha=4),
+        tmp_path / "adapter",
+    )
     config = json.loads((directory / "adapter_config.json").read_text())
     config.update({k: v for k, v in change.items() if v is not None})
     for key in [k for k, v in change.items() if v is None]:
@@ -268,8 +352,14 @@ def test_an_adapter_config_that_cannot_be_loaded_faithfully(base, tmp_path, chan
 
 
 def test_merge_and_save_need_lora_layers(base, tmp_path):
-    for function in (lora.merge_lora, lora.unmerge_lora, lora.mark_only_lora_as_trainable):
-        with pytest.raises(ValueError, match="has no LoRA layers: call inject_lora first"):
+    for function in (
+        lora.merge_lora,
+        lora.unmerge_lora,
+        lora.mark_only_lora_as_trainable,
+    ):
+        with pytest.raises(
+            ValueError, match="has no LoRA layers: call inject_lora first"
+        ):
             function(base)
     with pytest.raises(ValueError, match="has no LoRA layers"):
         save_adapter(base, tmp_path / "adapter")
@@ -294,7 +384,10 @@ def test_injection_freezes_everything_but_lora_and_counts_parameters(base):
     per_layer = 4 * (64 + 64) * 2 + 4 * (64 + 32) * 2
     assert trainable == 2 * per_layer and total == total_before + trainable
     names = list(lora.lora_parameters(model))
-    assert names[:2] == ["model.layers.0.self_attn.q_proj.lora_A", "model.layers.0.self_attn.q_proj.lora_B"]
+    assert names[:2] == [
+        "model.layers.0.self_attn.q_proj.lora_A",
+        "model.layers.0.self_attn.q_proj.lora_B",
+    ]
     assert len(names) == 2 * 4 * 2
 
 
@@ -302,7 +395,9 @@ def test_mark_only_lora_as_trainable_undoes_unfreezing(base):
     model = inject_lora(base, TARGETS, r=4, lora_alpha=4)
     model.requires_grad_(True)
     lora.mark_only_lora_as_trainable(model)
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(lora.lora_parameters(model))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(
+        lora.lora_parameters(model)
+    )
 
 
 def test_save_adapter_never_overwrites_without_being_asked(base, tmp_path):
@@ -310,7 +405,9 @@ def test_save_adapter_never_overwrites_without_being_asked(base, tmp_path):
     directory = save_adapter(model, tmp_path / "adapter")
     before = (directory / "adapter_model.safetensors").read_bytes()
     randomize_lora(model)
-    with pytest.raises(FileExistsError, match="already holds an adapter; pass overwrite=True"):
+    with pytest.raises(
+        FileExistsError, match="already holds an adapter; pass overwrite=True"
+    ):
         save_adapter(model, directory)
     assert (directory / "adapter_model.safetensors").read_bytes() == before
     save_adapter(model, directory, overwrite=True)
@@ -331,12 +428,19 @@ def test_an_interrupted_save_leaves_no_partial_adapter(base, tmp_path, monkeypat
 
 
 def test_saved_adapter_format(base, tmp_path):
-    model = randomize_lora(inject_lora(base, TARGETS, r=4, lora_alpha=8, use_rslora=True))
-    directory = save_adapter(model, tmp_path / "adapter", base_model_name_or_path="tiny-llama")
+    model = randomize_lora(
+        inject_lora(base, TARGETS, r=4, lora_alpha=8, use_rslora=True)
+    )
+    directory = save_adapter(
+        model, tmp_path / "adapter", base_model_name_or_path="tiny-llama"
+    )
     config = json.loads((directory / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["task_type"] == "CAUSAL_LM"
     assert (config["r"], config["lora_alpha"], config["use_rslora"]) == (4, 8, True)
-    assert config["target_modules"] == sorted(TARGETS) and config["base_model_name_or_path"] == "tiny-llama"
+    assert (
+        config["target_modules"] == sorted(TARGETS)
+        and config["base_model_name_or_path"] == "tiny-llama"
+    )
     tensors = load_file(directory / "adapter_model.safetensors")
     key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
     assert torch.equal(tensors[key], model.model.layers[1].self_attn.v_proj.lora_B)
@@ -352,26 +456,36 @@ def test_logits_equal_peft_unmerged_and_merged(base, tokens):
     assert lora.count_parameters(ours) == twin.get_nb_trainable_parameters()
     expected = logits(twin, tokens)
     assert (logits(ours, tokens) - expected).abs().max().item() <= 1e-5
-    assert (logits(ours, tokens) - logits(base, tokens)).abs().max().item() > 1e-3, "the adapter must matter"
+    assert (logits(ours, tokens) - logits(base, tokens)).abs().max().item() > 1e-3, (
+        "the adapter must matter"
+    )
     lora.merge_lora(ours)
     merged_twin = twin.merge_and_unload()
     assert (logits(ours, tokens) - expected).abs().max().item() <= 1e-5
-    assert (logits(ours, tokens) - logits(merged_twin, tokens)).abs().max().item() <= 1e-5
+    assert (
+        logits(ours, tokens) - logits(merged_twin, tokens)
+    ).abs().max().item() <= 1e-5
 
 
 def test_rslora_logits_equal_peft(base, tokens):
-    ours = randomize_lora(inject_lora(copy.deepcopy(base), TARGETS, r=4, lora_alpha=8, use_rslora=True))
+    ours = randomize_lora(
+        inject_lora(copy.deepcopy(base), TARGETS, r=4, lora_alpha=8, use_rslora=True)
+    )
     twin = peft_twin(base, ours, use_rslora=True)
     assert (logits(ours, tokens) - logits(twin, tokens)).abs().max().item() <= 1e-5
 
 
 def test_our_adapter_loads_in_peft_without_warnings(base, tokens, tmp_path):
     ours = randomize_lora(inject_lora(copy.deepcopy(base), TARGETS, r=4, lora_alpha=8))
-    directory = save_adapter(ours, tmp_path / "adapter", base_model_name_or_path="tiny-llama")
+    directory = save_adapter(
+        ours, tmp_path / "adapter", base_model_name_or_path="tiny-llama"
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loaded = PeftModel.from_pretrained(copy.deepcopy(base), directory).eval()
-    assert not [w for w in caught if "key" in str(w.message).lower()], [str(w.message) for w in caught]
+    assert not [w for w in caught if "key" in str(w.message).lower()], [
+        str(w.message) for w in caught
+    ]
     assert (logits(loaded, tokens) - logits(ours, tokens)).abs().max().item() <= 1e-5
 
 
@@ -383,27 +497,40 @@ def test_a_peft_adapter_loads_with_load_adapter(base, tokens, tmp_path):
     assert (logits(loaded, tokens) - logits(twin, tokens)).abs().max().item() <= 1e-5
     # Loading into a model that already has matching LoRA layers replaces their weights.
     fresh = inject_lora(copy.deepcopy(base), TARGETS, r=4, lora_alpha=8)
-    assert (logits(load_adapter(fresh, tmp_path / "peft"), tokens) - logits(twin, tokens)).abs().max().item() <= 1e-5
+    assert (
+        logits(load_adapter(fresh, tmp_path / "peft"), tokens) - logits(twin, tokens)
+    ).abs().max().item() <= 1e-5
 
 
 def test_save_then_load_round_trips_exactly(base, tokens, tmp_path):
     ours = randomize_lora(inject_lora(copy.deepcopy(base), TARGETS, r=4, lora_alpha=8))
     directory = save_adapter(ours, tmp_path / "adapter")
-    assert torch.equal(logits(load_adapter(copy.deepcopy(base), directory), tokens), logits(ours, tokens))
+    assert torch.equal(
+        logits(load_adapter(copy.deepcopy(base), directory), tokens),
+        logits(ours, tokens),
+    )
 
 
 def test_merge_then_unmerge_restores_every_weight(base):
     ours = randomize_lora(inject_lora(copy.deepcopy(base), TARGETS, r=4, lora_alpha=8))
     before = {name: p.clone() for name, p in ours.named_parameters()}
     lora.unmerge_lora(lora.merge_lora(ours))
-    worst = max((p - before[name]).abs().max().item() for name, p in ours.named_parameters())
+    worst = max(
+        (p - before[name]).abs().max().item() for name, p in ours.named_parameters()
+    )
     assert worst <= 1e-6
 
 
 def test_unexpected_tensors_are_reported(base, tmp_path):
-    directory = save_adapter(inject_lora(copy.deepcopy(base), TARGETS, r=4, lora_alpha=4), tmp_path / "adapter")
+    directory = save_adapter(
+        inject_lora(copy.deepcopy(base), TARGETS, r=4, lora_alpha=4),
+        tmp_path / "adapter",
+    )
     tensors = load_file(directory / "adapter_model.safetensors")
     tensors["base_model.model.lm_head.lora_A.weight"] = torch.zeros(4, 64)
     save_file(tensors, directory / "adapter_model.safetensors")
-    with pytest.raises(ValueError, match=r"1 tensors for no LoRA layer \['base_model.model.lm_head.lora_A.weight'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 tensors for no LoRA layer \['base_model.model.lm_head.lora_A.weight'\]",
+    ):
         load_adapter(base, directory)

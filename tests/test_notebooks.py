@@ -39,22 +39,35 @@ def definitions(source: str) -> dict[str, str]:
     lines, found = source.splitlines(), {}
 
     def text(node, skip_add_to_class=False):
-        decorators = [d for d in node.decorator_list if not (skip_add_to_class and is_add_to_class(d))]
+        decorators = [
+            d
+            for d in node.decorator_list
+            if not (skip_add_to_class and is_add_to_class(d))
+        ]
         start = min([d.lineno for d in decorators] + [node.lineno])
         return textwrap.dedent("\n".join(lines[start - 1 : node.end_lineno]))
 
     def is_add_to_class(decorator):
-        return isinstance(decorator, ast.Call) and getattr(decorator.func, "id", None) == "add_to_class"
+        return (
+            isinstance(decorator, ast.Call)
+            and getattr(decorator.func, "id", None) == "add_to_class"
+        )
 
     for node in ast.parse(source).body:
         if isinstance(node, ast.ClassDef):
             methods = [n for n in node.body if isinstance(n, ast.FunctionDef)]
-            rest = [ast.get_source_segment(source, n) for n in node.body if n not in methods]
+            rest = [
+                ast.get_source_segment(source, n) for n in node.body if n not in methods
+            ]
             found[node.name] = "\n".join([lines[node.lineno - 1], *rest])
             found.update({f"{node.name}.{m.name}": text(m) for m in methods})
         elif isinstance(node, ast.FunctionDef):
-            owner = next((d.args[0].id for d in node.decorator_list if is_add_to_class(d)), None)
-            found[f"{owner}.{node.name}" if owner else node.name] = text(node, skip_add_to_class=True)
+            owner = next(
+                (d.args[0].id for d in node.decorator_list if is_add_to_class(d)), None
+            )
+            found[f"{owner}.{node.name}" if owner else node.name] = text(
+                node, skip_add_to_class=True
+            )
     return found
 
 
@@ -62,7 +75,9 @@ def test_every_chapter_is_in_the_table_of_contents():
     toc = (ROOT / "_toc.yml").read_text()
     assert NOTEBOOKS, "no notebooks found"
     for path in NOTEBOOKS:
-        assert f"file: notebooks/{path.stem}" in toc, f"{path.name} is missing from _toc.yml"
+        assert f"file: notebooks/{path.stem}" in toc, (
+            f"{path.name} is missing from _toc.yml"
+        )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -76,7 +91,9 @@ def test_notebook_metadata_lets_the_book_highlight_code(path):
 def test_the_first_cell_is_the_colab_setup_cell_from_config(path):
     first, expected = read(path).cells[0], setup_cell()
     url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
-    assert first.source == expected.source and first.metadata == expected.metadata, "run `python tools/colab_setup.py`"
+    assert first.source == expected.source and first.metadata == expected.metadata, (
+        "run `python tools/colab_setup.py`"
+    )
     assert f"git+{url}" in first.source
     assert {"nbval-skip", "remove-cell"} <= set(first.metadata["tags"])
 
@@ -89,10 +106,14 @@ def test_every_code_cell_has_stored_outputs_and_no_errors_or_warnings(path):
     assert executed == sorted(executed), f"{path.name} was not run top to bottom"
     for cell in code:
         for output in cell.outputs:
-            assert output.output_type != "error", f"{path.name}: a stored error in\n{cell.source}"
-            assert not (output.output_type == "stream" and output.name == "stderr" and "Warning" in output.text), (
-                f"{path.name}: a stored warning: {output.text}"
+            assert output.output_type != "error", (
+                f"{path.name}: a stored error in\n{cell.source}"
             )
+            assert not (
+                output.output_type == "stream"
+                and output.name == "stderr"
+                and "Warning" in output.text
+            ), f"{path.name}: a stored warning: {output.text}"
 
 
 def saved_cells():
@@ -102,26 +123,37 @@ def saved_cells():
                 yield path, match.group(1), cell.source
 
 
-@pytest.mark.parametrize(("path", "module_file", "source"), [pytest.param(*c, id=f"{c[0].stem}:{c[1]}") for c in saved_cells()])
+@pytest.mark.parametrize(
+    ("path", "module_file", "source"),
+    [pytest.param(*c, id=f"{c[0].stem}:{c[1]}") for c in saved_cells()],
+)
 def test_code_taught_in_a_chapter_is_the_code_in_lora_edu(path, module_file, source):
     taught = definitions(source)
     assert taught, f"a '# Saved in' cell of {path.name} defines nothing"
     saved = definitions((ROOT / module_file).read_text())
     for name, text in taught.items():
-        assert name in saved, f"{path.name} teaches {name}, which {module_file} does not define"
-        assert text == saved[name], f"{name} in {path.name} has drifted from {module_file}"
+        assert name in saved, (
+            f"{path.name} teaches {name}, which {module_file} does not define"
+        )
+        assert text == saved[name], (
+            f"{name} in {path.name} has drifted from {module_file}"
+        )
 
 
 def test_a_class_a_chapter_builds_is_built_completely():
     taught, saved = {}, {}
     for path, module_file, source in saved_cells():
         taught.setdefault(path.stem, set()).update(definitions(source))
-        saved.update({(module_file, k): k for k in definitions((ROOT / module_file).read_text())})
+        saved.update(
+            {(module_file, k): k for k in definitions((ROOT / module_file).read_text())}
+        )
     for chapter, names in taught.items():
         classes = {name.split(".")[0] for name in names if "." in name}
         for _, name in saved:
             if "." in name and name.split(".")[0] in classes:
-                assert name in names, f"{chapter} builds {name.split('.')[0]} but never shows {name}"
+                assert name in names, (
+                    f"{chapter} builds {name.split('.')[0]} but never shows {name}"
+                )
 
 
 def test_at_least_one_saved_cell_per_chapter_that_writes_code():
@@ -131,8 +163,14 @@ def test_at_least_one_saved_cell_per_chapter_that_writes_code():
 
 def solution_blocks():
     for path in NOTEBOOKS:
-        markdown = "\n".join(c.source for c in read(path).cells if c.cell_type == "markdown")
-        blocks = [code for solution in SOLUTION.findall(markdown) for code in PYTHON_BLOCK.findall(solution)]
+        markdown = "\n".join(
+            c.source for c in read(path).cells if c.cell_type == "markdown"
+        )
+        blocks = [
+            code
+            for solution in SOLUTION.findall(markdown)
+            for code in PYTHON_BLOCK.findall(solution)
+        ]
         for i, code in enumerate(blocks):
             yield pytest.param(code, id=f"{path.stem}:solution-{i}")
 
@@ -144,7 +182,9 @@ def test_the_code_in_every_solution_runs_and_its_assertions_hold(code, capsys):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_chapter_ends_with_at_least_three_exercises_with_solutions(path):
-    markdown = "\n".join(c.source for c in read(path).cells if c.cell_type == "markdown")
+    markdown = "\n".join(
+        c.source for c in read(path).cells if c.cell_type == "markdown"
+    )
     labels = re.findall(r"````\{exercise\}.*\n:label: ([\w-]+)", markdown)
     solved = re.findall(r"````\{solution\} ([\w-]+)\n:class: dropdown", markdown)
     assert len(labels) >= 3 and sorted(labels) == sorted(solved)
@@ -152,7 +192,9 @@ def test_every_chapter_ends_with_at_least_three_exercises_with_solutions(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_chapter_offers_a_check_from_lora_edu(path):
-    markdown = "\n".join(c.source for c in read(path).cells if c.cell_type == "markdown")
+    markdown = "\n".join(
+        c.source for c in read(path).cells if c.cell_type == "markdown"
+    )
     checks = set(re.findall(r"`(check_\w+)\(", markdown))
     exercises = importlib.import_module("lora_edu.exercises")
     assert checks, f"{path.name} names no check"

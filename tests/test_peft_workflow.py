@@ -22,7 +22,9 @@ from lora_edu.pretrain import weather_reports
 def weather(tmp_path_factory):
     directory = tmp_path_factory.mktemp("weather")
     (directory / "train.txt").write_text("\n".join(weather_reports(200, seed=0)) + "\n")
-    (directory / "validation.txt").write_text("\n".join(weather_reports(30, seed=1)) + "\n")
+    (directory / "validation.txt").write_text(
+        "\n".join(weather_reports(30, seed=1)) + "\n"
+    )
     return directory
 
 
@@ -37,7 +39,17 @@ def run(args, capsys):
 
 
 def quick(weather, output, *more):
-    return ["--data", weather / "train.txt", "--output", output, "--block-size", "32", "--r", "4", *more]
+    return [
+        "--data",
+        weather / "train.txt",
+        "--output",
+        output,
+        "--block-size",
+        "32",
+        "--r",
+        "4",
+        *more,
+    ]
 
 
 def real_token_logits(model, tokenizer, texts):
@@ -51,32 +63,65 @@ def real_token_logits(model, tokenizer, texts):
 
 def test_the_cli_trains_saves_and_merges(weather, tmp_path, capsys):
     output = tmp_path / "adapter"
-    status, out, err = run(quick(weather, output, "--eval-data", weather / "validation.txt", "--merge"), capsys)
+    status, out, err = run(
+        quick(weather, output, "--eval-data", weather / "validation.txt", "--merge"),
+        capsys,
+    )
     assert status == 0, err
-    assert "trainable params" in out and "Trained" in out and "Perplexity on" in out and "Wrote:" in out
-    assert {p.name for p in output.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "merged"}
+    assert (
+        "trainable params" in out
+        and "Trained" in out
+        and "Perplexity on" in out
+        and "Wrote:" in out
+    )
+    assert {p.name for p in output.iterdir()} == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "merged",
+    }
     merged_files = {p.name for p in (output / "merged").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= merged_files
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in merged_files)
     config = json.loads((output / "adapter_config.json").read_text())
-    assert (config["r"], config["lora_alpha"], config["task_type"]) == (4, 16.0, "CAUSAL_LM")
-    before, after = map(float, re.search(r"Perplexity on .*: ([\d.]+) → ([\d.]+)", out).groups())
+    assert (config["r"], config["lora_alpha"], config["task_type"]) == (
+        4,
+        16.0,
+        "CAUSAL_LM",
+    )
+    before, after = map(
+        float, re.search(r"Perplexity on .*: ([\d.]+) → ([\d.]+)", out).groups()
+    )
     assert after < before
 
     base, tokenizer = load_model()
     peft_model = PeftModel.from_pretrained(base, output).eval()
     merged = AutoModelForCausalLM.from_pretrained(output / "merged").eval()
     texts = ["On Monday, Oslo will be snowy", "The forecast for Rome on"]
-    difference = (real_token_logits(merged, tokenizer, texts) - real_token_logits(peft_model, tokenizer, texts)).abs().max()
+    difference = (
+        (
+            real_token_logits(merged, tokenizer, texts)
+            - real_token_logits(peft_model, tokenizer, texts)
+        )
+        .abs()
+        .max()
+    )
     assert difference <= 1e-5
     # The adapter also loads into the from-scratch layers of Chapter 4, with the same logits.
     ours = load_adapter(load_model()[0], output).eval()
-    assert (real_token_logits(ours, tokenizer, texts) - real_token_logits(peft_model, tokenizer, texts)).abs().max() <= 1e-5
+    assert (
+        real_token_logits(ours, tokenizer, texts)
+        - real_token_logits(peft_model, tokenizer, texts)
+    ).abs().max() <= 1e-5
 
 
 def test_help_lists_every_option():
     completed = subprocess.run(
-        [sys.executable, "-c", "from lora_edu.peft_workflow import cli; cli()", "--help"],
+        [
+            sys.executable,
+            "-c",
+            "from lora_edu.peft_workflow import cli; cli()",
+            "--help",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -99,7 +144,9 @@ def test_help_lists_every_option():
         "--batch-size",
         "--accumulation",
     ]:
-        assert f"{option} " in completed.stdout or f"{option}\n" in completed.stdout, option
+        assert f"{option} " in completed.stdout or f"{option}\n" in completed.stdout, (
+            option
+        )
     assert "example: lora-edu-train --data" in completed.stdout
 
 
@@ -109,22 +156,69 @@ def test_help_lists_every_option():
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
-        (lambda w, t: ["--data", t / "missing.txt", "--output", t / "out"], "the train data file .*missing.txt does not exist"),
-        (lambda w, t: ["--data", t / "empty.txt", "--output", t / "out"], "the train data file .*empty.txt is empty"),
-        (lambda w, t: ["--data", t / "short.txt", "--output", t / "out"], "fewer than one block of block_size=64"),
+        (
+            lambda w, t: ["--data", t / "missing.txt", "--output", t / "out"],
+            "the train data file .*missing.txt does not exist",
+        ),
+        (
+            lambda w, t: ["--data", t / "empty.txt", "--output", t / "out"],
+            "the train data file .*empty.txt is empty",
+        ),
+        (
+            lambda w, t: ["--data", t / "short.txt", "--output", t / "out"],
+            "fewer than one block of block_size=64",
+        ),
         (
             lambda w, t: quick(w, t / "out", "--targets", "q_proj,attention"),
             r"unknown target modules \['attention'\]; .*'q_proj'",
         ),
-        (lambda w, t: ["--data", w / "train.txt", "--output", t / "out", "--r", "0"], "argument --r: must be > 0, got 0"),
-        (lambda w, t: ["--data", w / "train.txt", "--output", t / "out", "--r", "-3"], "argument --r: must be > 0, got -3"),
+        (
+            lambda w, t: ["--data", w / "train.txt", "--output", t / "out", "--r", "0"],
+            "argument --r: must be > 0, got 0",
+        ),
+        (
+            lambda w, t: [
+                "--data",
+                w / "train.txt",
+                "--output",
+                t / "out",
+                "--r",
+                "-3",
+            ],
+            "argument --r: must be > 0, got -3",
+        ),
         (lambda w, t: quick(w, t / "out", "--r", "65"), "--r 65 is larger than 64"),
-        (lambda w, t: ["--data", w / "train.txt", "--output", t / "out", "--alpha", "0"], "argument --alpha: must be > 0"),
-        (lambda w, t: ["--data", w / "train.txt", "--output", t / "out", "--targets", ","], "--targets names no module"),
-        (lambda w, t: quick(w, t / "out", "--model", "meta-llama/Meta-Llama-3-8B"), "needs a CUDA GPU"),
+        (
+            lambda w, t: [
+                "--data",
+                w / "train.txt",
+                "--output",
+                t / "out",
+                "--alpha",
+                "0",
+            ],
+            "argument --alpha: must be > 0",
+        ),
+        (
+            lambda w, t: [
+                "--data",
+                w / "train.txt",
+                "--output",
+                t / "out",
+                "--targets",
+                ",",
+            ],
+            "--targets names no module",
+        ),
+        (
+            lambda w, t: quick(w, t / "out", "--model", "meta-llama/Meta-Llama-3-8B"),
+            "needs a CUDA GPU",
+        ),
     ],
 )
-def test_bad_input_gets_a_clear_message(weather, tmp_path, capsys, monkeypatch, make_args, message):
+def test_bad_input_gets_a_clear_message(
+    weather, tmp_path, capsys, monkeypatch, make_args, message
+):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     (tmp_path / "empty.txt").write_text("\n  \n")
     (tmp_path / "short.txt").write_text("On Monday, Oslo will be snowy.\n")
@@ -141,7 +235,9 @@ def test_cuda_without_a_gpu_is_refused(weather, tmp_path, capsys, monkeypatch):
     assert status == 2 and "no CUDA GPU; use --device cpu" in err
 
 
-def test_an_existing_adapter_is_never_overwritten_without_overwrite(weather, tmp_path, capsys):
+def test_an_existing_adapter_is_never_overwritten_without_overwrite(
+    weather, tmp_path, capsys
+):
     output = tmp_path / "adapter"
     output.mkdir()
     (output / "adapter_config.json").write_text('{"someone": "else\'s adapter"}')
@@ -170,40 +266,62 @@ def interrupt_at_step(monkeypatch, step):
     monkeypatch.setattr(Trainer, "training_step", training_step)
 
 
-def test_ctrl_c_in_the_first_epoch_leaves_no_adapter(weather, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_in_the_first_epoch_leaves_no_adapter(
+    weather, tmp_path, capsys, monkeypatch
+):
     interrupt_at_step(monkeypatch, 3)
     status, _, err = run(quick(weather, tmp_path / "adapter", "--epochs", "2"), capsys)
     assert status == 130
     assert "Interrupted" in err and "no new adapter" in err and "Traceback" not in err
     assert not (tmp_path / "adapter" / "adapter_config.json").exists()
     assert not (tmp_path / "adapter" / "adapter_model.safetensors").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no staging folder may be left"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], (
+        "no staging folder may be left"
+    )
 
 
-def test_ctrl_c_after_the_first_epoch_leaves_its_checkpoint(weather, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_after_the_first_epoch_leaves_its_checkpoint(
+    weather, tmp_path, capsys, monkeypatch
+):
     original = peft_workflow.CheckpointAdapter.on_epoch_end
 
     def on_epoch_end(self, *args, **kwargs):
         original(self, *args, **kwargs)
         if self.epochs_saved == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C just after the first checkpoint
+            os.kill(
+                os.getpid(), signal.SIGINT
+            )  # Ctrl-C just after the first checkpoint
 
     monkeypatch.setattr(peft_workflow.CheckpointAdapter, "on_epoch_end", on_epoch_end)
     output = tmp_path / "adapter"
     status, _, err = run(quick(weather, output, "--epochs", "3"), capsys)
     assert status == 130, err
     assert "holds the checkpoint from epoch 1" in err
-    assert {p.name for p in output.iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    assert {p.name for p in output.iterdir()} == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    }
     model = load_adapter(load_model()[0], output)  # complete and consistent: it loads
-    assert sum(layer.lora_B.abs().sum() for layer in model.modules() if hasattr(layer, "lora_B")) > 0
+    assert (
+        sum(
+            layer.lora_B.abs().sum()
+            for layer in model.modules()
+            if hasattr(layer, "lora_B")
+        )
+        > 0
+    )
 
 
-def test_ctrl_c_before_training_exits_130_without_a_traceback(weather, tmp_path, monkeypatch):
+def test_ctrl_c_before_training_exits_130_without_a_traceback(
+    weather, tmp_path, monkeypatch
+):
     def interrupted_load(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(peft_workflow, "load_model", interrupted_load)
-    monkeypatch.setattr(sys, "argv", ["lora-edu-train", *map(str, quick(weather, tmp_path / "adapter"))])
+    monkeypatch.setattr(
+        sys, "argv", ["lora-edu-train", *map(str, quick(weather, tmp_path / "adapter"))]
+    )
     with pytest.raises(SystemExit) as exit_info:
         peft_workflow.cli()
     assert exit_info.value.code == 130

@@ -11,10 +11,23 @@ from lora_edu import pretrain
 def test_a_short_pretraining_run_saves_a_loadable_model(tmp_path, capsys):
     pretrain.main(["--steps", "3", "--output", str(tmp_path / "tiny")])
     saved = {p.name for p in (tmp_path / "tiny").iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "corpus.txt", "heldout.txt", "pretraining_log.json"} <= saved
-    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in saved), "weights must be safetensors only"
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "corpus.txt",
+        "heldout.txt",
+        "pretraining_log.json",
+    } <= saved
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in saved), (
+        "weights must be safetensors only"
+    )
     log = json.loads((tmp_path / "tiny" / "pretraining_log.json").read_text())
-    assert log["steps"] == 3 and len(log["losses"]) == 3 and log["losses"][-1] < log["losses"][0]
+    assert (
+        log["steps"] == 3
+        and len(log["losses"]) == 3
+        and log["losses"][-1] < log["losses"][0]
+    )
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tiny")
     assert model.config.vocab_size == len(tokenizer)
@@ -25,7 +38,9 @@ def test_the_run_is_deterministic(tmp_path):
     first = pretrain.pretrain(tmp_path / "a", steps=2)
     second = pretrain.pretrain(tmp_path / "b", steps=2)
     assert first == second
-    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
+        tmp_path / "b" / "model.safetensors"
+    ).read_bytes()
 
 
 def test_an_existing_model_is_never_overwritten_without_being_asked(tmp_path, capsys):
@@ -45,7 +60,9 @@ def test_steps_must_be_positive(tmp_path, capsys):
 
 def test_pack_blocks_rejects_text_shorter_than_a_block():
     tokenizer = pretrain.train_tokenizer(["Alice lives in Oslo."] * 20, vocab_size=300)
-    blocks = pretrain.pack_blocks(tokenizer, ["Alice lives in Oslo."] * 20, block_size=8)
+    blocks = pretrain.pack_blocks(
+        tokenizer, ["Alice lives in Oslo."] * 20, block_size=8
+    )
     assert blocks.shape[1] == 8 and blocks.dtype.is_floating_point is False
     with pytest.raises(ValueError, match="fewer than one block of block_size=64"):
         pretrain.pack_blocks(tokenizer, ["Alice lives in Oslo."], block_size=64)
@@ -63,8 +80,18 @@ def test_every_sentence_is_about_a_known_person():
 def test_weather_reports_are_a_new_domain_in_known_words():
     reports = pretrain.weather_reports(200, seed=0)
     corpus, _ = pretrain.generate_corpus(7000, seed=0)
-    assert reports == pretrain.weather_reports(200, seed=0) != pretrain.weather_reports(200, seed=1)
-    assert not set(reports) & set(corpus), "the model must never have read a weather report"
+    assert (
+        reports
+        == pretrain.weather_reports(200, seed=0)
+        != pretrain.weather_reports(200, seed=1)
+    )
+    assert not set(reports) & set(corpus), (
+        "the model must never have read a weather report"
+    )
     assert not any("degrees" in line for line in corpus)
-    tokenizer = pretrain.train_tokenizer(corpus + pretrain.weather_reports(3000, seed=2))
-    assert tokenizer.tokenize(" Wednesday degrees") == ["ĠWednesday", "Ġdegrees"], "the tokenizer knows the domain's words"
+    tokenizer = pretrain.train_tokenizer(
+        corpus + pretrain.weather_reports(3000, seed=2)
+    )
+    assert tokenizer.tokenize(" Wednesday degrees") == ["ĠWednesday", "Ġdegrees"], (
+        "the tokenizer knows the domain's words"
+    )

@@ -15,15 +15,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    expected = set(project["dependencies"]) | {r for extra in ("book", "test") for r in project["optional-dependencies"][extra]}
+    expected = set(project["dependencies"]) | {
+        r for extra in ("book", "test") for r in project["optional-dependencies"][extra]
+    }
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
-    pip = next(item["pip"] for item in environment["dependencies"] if isinstance(item, dict))
+    pip = next(
+        item["pip"] for item in environment["dependencies"] if isinstance(item, dict)
+    )
     assert set(pip) - {"-e ."} == expected
     assert "-e ." in pip
 
 
 def test_torch_and_numpy_are_not_pinned_for_colab():
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
     for requirement in dependencies:
         assert "==" not in requirement and "<" not in requirement, requirement
 
