@@ -1,0 +1,175 @@
+"""Run every chapter as Colab would: Python 3.12, no constraints, lora_edu from a git URL.
+
+Colab has its own, newer packages and opens a notebook alone, without the repository. This
+script builds a Python 3.12 virtual environment in `.colab-check/venv` with only the packages
+Colab preinstalls (unpinned), runs each chapter's setup-cell install command with the
+repository URL replaced by this clone (`git+file://...`, so the last commit is what gets
+installed), and executes every chapter top to bottom in an empty folder. It prints a line per
+chapter (passed or failed, seconds, compared outputs that differ from the stored ones) and exits
+with status 1 if any chapter failed. It needs the network to reach PyPI (about 3 GB: PyPI's
+torch is the CUDA build) and is not part of `make test`.
+
+    python tools/colab_check.py            # or: make colab-check
+    python tools/colab_check.py 04 05      # only the chapters whose names start so
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".colab-check"
+VENV = WORK / "venv"
+# What Colab has before a notebook's setup cell runs (unpinned: Colab tracks new releases).
+PREINSTALLED = ["torch", "numpy", "matplotlib", "jupyter", "ipykernel", "nbclient"]
+# Compared like nbval: stdout and plain-text results, except where the chapter says they vary.
+SKIP_TAGS = {"nbval-skip", "nbval-ignore-output"}
+
+
+def python312() -> str:
+    """The path of a Python 3.12 interpreter: $COLAB_PYTHON, then PATH, then pyenv."""
+    if os.environ.get("COLAB_PYTHON"):
+        return os.environ["COLAB_PYTHON"]
+    if found := shutil.which("python3.12"):
+        return found
+    try:
+        pyenv_root = subprocess.run(
+            ["pyenv", "root"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pyenv_root = str(Path.home() / ".pyenv")
+    for version in sorted(Path(pyenv_root, "versions").glob("3.12*"), reverse=True):
+        if (candidate := version / "bin" / "python3.12").exists():
+            return str(candidate)
+    sys.exit("colab-check: no Python 3.12 found; set COLAB_PYTHON to one")
+
+
+def setup_command(notebook: dict) -> str:
+    """The `%pip install ...` arguments of a chapter's setup cell, pointed at this clone."""
+    source = "".join(notebook["cells"][0]["source"])
+    match = re.search(r'%pip install (.*"lora-edu @ git\+)([^"]+)(")', source)
+    if match is None:
+        sys.exit("colab-check: the first cell has no `%pip install lora-edu @ git+...`")
+    return match.group(1) + "file://" + str(ROOT) + match.group(3)
+
+
+def compared_texts(notebook: dict) -> list[list[str]]:
+    """Per code cell, the outputs nbval compares: stdout and text/plain, in order."""
+    texts = []
+    for cell in notebook["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        if SKIP_TAGS & set(cell.get("metadata", {}).get("tags", [])):
+            texts.append([])
+            continue
+        cell_texts = []
+        for output in cell.get("outputs", []):
+            if output["output_type"] == "stream" and output["name"] == "stdout":
+                cell_texts.append("".join(output["text"]))
+            elif "data" in output and "text/plain" in output["data"]:
+                if "application/vnd.jupyter.widget-view+json" not in output["data"]:
+                    cell_texts.append("".join(output["data"]["text/plain"]))
+        # Consecutive stdout chunks are split arbitrarily; compare their concatenation.
+        texts.append(["".join(cell_texts)])
+    return texts
+
+
+def main() -> int:
+    chapters = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+    if sys.argv[1:]:
+        chapters = [c for c in chapters if c.name.startswith(tuple(sys.argv[1:]))]
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if dirty:
+        print("colab-check: uncommitted changes are not installed (git+file:// installs HEAD)")
+
+    if not (VENV / "bin" / "python").exists():
+        subprocess.run([python312(), "-m", "venv", str(VENV)], check=True)
+    python = str(VENV / "bin" / "python")
+    version = subprocess.run(
+        [python, "-c", "import sys; print(sys.version.split()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "--upgrade", *PREINSTALLED], check=True)
+    first = json.loads(chapters[0].read_text())
+    # The setup cell's own arguments; --force-reinstall --no-deps picks up a new commit.
+    install = setup_command(first)
+    subprocess.run(f"{' '.join(pip)} {install}", shell=True, check=True)
+    subprocess.run(
+        f"{' '.join(pip)} --force-reinstall --no-deps {install}", shell=True, check=True
+    )
+    packages = subprocess.run(
+        [python, "-c", VERSIONS], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    print(f"colab-check: Python {version}; {packages}")
+
+    failed = 0
+    for chapter in chapters:
+        stored = json.loads(chapter.read_text())
+        with tempfile.TemporaryDirectory() as folder:
+            # An empty working folder, as in Colab: the chapter may use only the package.
+            copy = Path(folder, chapter.name)
+            shutil.copy(chapter, copy)
+            start = time.perf_counter()
+            run = subprocess.run(
+                [python, "-c", EXECUTE, str(copy)],
+                cwd=folder,
+                capture_output=True,
+                text=True,
+            )
+            seconds = time.perf_counter() - start
+            if run.returncode != 0:
+                failed += 1
+                error = (run.stderr.strip().splitlines() or ["(no message)"])[-1]
+                print(f"FAIL  {chapter.name:36} {seconds:6.1f} s  {error}")
+                continue
+            fresh = json.loads(copy.read_text())
+        differ = [
+            i
+            for i, (a, b) in enumerate(
+                zip(compared_texts(stored), compared_texts(fresh), strict=True)
+            )
+            if a != b
+        ]
+        note = f"{len(differ)} compared outputs differ" + (
+            f" (code cells {differ})" if differ else ""
+        )
+        print(f"pass  {chapter.name:36} {seconds:6.1f} s  {note}")
+    print(f"colab-check: {len(chapters) - failed} of {len(chapters)} chapters ran")
+    return 1 if failed else 0
+
+
+VERSIONS = """
+import importlib.metadata as m
+names = ["torch", "numpy", "transformers", "peft", "datasets", "matplotlib", "lora-edu"]
+print(", ".join(f"{n} {m.version(n)}" for n in names))
+"""
+
+# Runs inside the Colab-like venv: execute the notebook in place, top to bottom.
+EXECUTE = """
+import sys
+import nbformat
+from nbclient import NotebookClient
+path = sys.argv[1]
+nb = nbformat.read(path, as_version=4)
+NotebookClient(nb, timeout=1800, kernel_name="python3").execute()
+nbformat.write(nb, path)
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
