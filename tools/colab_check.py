@@ -33,21 +33,22 @@ SKIP_TAGS = {"nbval-skip", "nbval-ignore-output"}
 
 
 def python312() -> str:
-    """The path of a Python 3.12 interpreter: $COLAB_PYTHON, then PATH, then pyenv."""
-    if os.environ.get("COLAB_PYTHON"):
-        return os.environ["COLAB_PYTHON"]
-    if found := shutil.which("python3.12"):
-        return found
+    """The path of a working Python 3.12: $COLAB_PYTHON, then PATH, then pyenv's versions."""
+    candidates = [os.environ.get("COLAB_PYTHON"), shutil.which("python3.12")]
     try:
         pyenv_root = subprocess.run(
             ["pyenv", "root"], capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         pyenv_root = str(Path.home() / ".pyenv")
-    for version in sorted(Path(pyenv_root, "versions").glob("3.12*"), reverse=True):
-        if (candidate := version / "bin" / "python3.12").exists():
-            return str(candidate)
-    sys.exit("colab-check: no Python 3.12 found; set COLAB_PYTHON to one")
+    versions = sorted(Path(pyenv_root, "versions").glob("3.12*"), reverse=True)
+    candidates += [str(version / "bin" / "python3.12") for version in versions]
+    # A pyenv shim is on PATH even where its version is not selected, and then fails.
+    for candidate in filter(None, candidates):
+        works = subprocess.run([candidate, "-c", "pass"], capture_output=True)
+        if works.returncode == 0:
+            return candidate
+    sys.exit("colab-check: no working Python 3.12 found; set COLAB_PYTHON to one")
 
 
 def setup_command(notebook: dict) -> str:
