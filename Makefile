@@ -2,26 +2,40 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The book's local MathJax, fetched once from the npm registry (tools/fetch_mathjax.py).
+MATHJAX := _mathjax/mathjax/tex-mml-chtml.js
 
-.PHONY: book test notebooks clean
+.PHONY: book test notebooks colab-check clean
 
-book: $(VENV)/.installed
+book: $(VENV)/.installed $(MATHJAX)
 	$(BIN)/jupyter-book build .
 
-test: $(VENV)/.installed
+# Lint, unit tests, the notebooks re-run (nbval), the strict book build, and last the book
+# just built opened in headless Chromium: formulas, figures, links, widths, no network.
+test: $(VENV)/.installed $(MATHJAX)
 	$(BIN)/ruff check .
-	$(BIN)/pytest tests
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest tests --ignore=tests/test_book_browser.py
 	$(BIN)/pytest --nbval --nbval-current-env notebooks
 	$(BIN)/jupyter-book build . --all -W --keep-going
+	$(BIN)/pytest tests/test_book_browser.py
 
 # Re-execute every chapter in place after editing it, so that its stored outputs are current.
 notebooks: $(VENV)/.installed
 	$(BIN)/jupyter execute --inplace notebooks/*.ipynb
 
+# Every chapter run as Colab runs it: Python 3.12, no constraints, lora_edu from a git URL.
+# Downloads about 3 GB from PyPI the first time; not part of `make test`.
+colab-check:
+	$(PYTHON) tools/colab_check.py
+
+$(MATHJAX):
+	$(PYTHON) tools/fetch_mathjax.py
+
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test,lab]"
 	touch $@
 
 clean:

@@ -30,6 +30,7 @@ VENV = WORK / "venv"
 PREINSTALLED = ["torch", "numpy", "matplotlib", "jupyter", "ipykernel", "nbclient"]
 # Compared like nbval: stdout and plain-text results, except where the chapter says they vary.
 SKIP_TAGS = {"nbval-skip", "nbval-ignore-output"}
+WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 def python312() -> str:
@@ -60,25 +61,28 @@ def setup_command(notebook: dict) -> str:
     return match.group(1) + "file://" + str(ROOT) + match.group(3)
 
 
-def compared_texts(notebook: dict) -> list[list[str]]:
-    """Per code cell, the outputs nbval compares: stdout and text/plain, in order."""
-    texts = []
+def compared_texts(notebook: dict) -> dict[str, str]:
+    """Per code cell id, the text nbval compares: stdout and text/plain, in order."""
+    texts = {}
     for cell in notebook["cells"]:
-        if cell["cell_type"] != "code":
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if cell["cell_type"] != "code" or SKIP_TAGS & tags:
             continue
-        if SKIP_TAGS & set(cell.get("metadata", {}).get("tags", [])):
-            texts.append([])
-            continue
-        cell_texts = []
+        parts = []
         for output in cell.get("outputs", []):
             if output["output_type"] == "stream" and output["name"] == "stdout":
-                cell_texts.append("".join(output["text"]))
-            elif "data" in output and "text/plain" in output["data"]:
-                if "application/vnd.jupyter.widget-view+json" not in output["data"]:
-                    cell_texts.append("".join(output["data"]["text/plain"]))
-        # Consecutive stdout chunks are split arbitrarily; compare their concatenation.
-        texts.append(["".join(cell_texts)])
+                parts.append("".join(output["text"]))
+            # Colab's ipywidgets turn progress bars into widgets; nbval's env has none.
+            elif "text/plain" in output.get("data", {}) and WIDGET not in output["data"]:
+                parts.append("".join(output["data"]["text/plain"]))
+        texts[cell["id"]] = "".join(parts)
     return texts
+
+
+def first_difference(stored: str, fresh: str) -> str:
+    """The first line where two outputs differ, as `stored -> fresh`."""
+    pairs = zip(stored.splitlines(), fresh.splitlines(), strict=False)
+    return next((f"{a!r} -> {b!r}" for a, b in pairs if a != b), "line count differs")
 
 
 def main() -> int:
@@ -139,16 +143,12 @@ def main() -> int:
                 print(f"FAIL  {chapter.name:36} {seconds:6.1f} s  {error}")
                 continue
             fresh = json.loads(copy.read_text())
-        differ = [
-            i
-            for i, (a, b) in enumerate(
-                zip(compared_texts(stored), compared_texts(fresh), strict=True)
-            )
-            if a != b
-        ]
-        note = f"{len(differ)} compared outputs differ" + (
-            f" (code cells {differ})" if differ else ""
-        )
+        stored_texts, fresh_texts = compared_texts(stored), compared_texts(fresh)
+        differ = [i for i in stored_texts if stored_texts[i] != fresh_texts.get(i)]
+        note = f"{len(differ)} compared outputs differ"
+        for cell_id in differ:
+            change = first_difference(stored_texts[cell_id], fresh_texts.get(cell_id, ""))
+            note += f"\n      {cell_id}: {change}"
         print(f"pass  {chapter.name:36} {seconds:6.1f} s  {note}")
     print(f"colab-check: {len(chapters) - failed} of {len(chapters)} chapters ran")
     return 1 if failed else 0
