@@ -10,8 +10,9 @@ MATHJAX := _mathjax/mathjax/tex-mml-chtml.js
 book: $(VENV)/.installed $(MATHJAX)
 	$(BIN)/jupyter-book build .
 
-# Lint, unit tests, the notebooks re-run (nbval), the strict book build, and last the book
-# just built opened in headless Chromium: formulas, figures, links, widths, no network.
+# Lint, unit tests, the notebooks re-run (nbval), the strict book build, and last the
+# book just built, opened in headless Chromium: formulas, figures, links, widths, no
+# network.
 test: $(VENV)/.installed $(MATHJAX)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -20,11 +21,11 @@ test: $(VENV)/.installed $(MATHJAX)
 	$(BIN)/jupyter-book build . --all -W --keep-going
 	$(BIN)/pytest tests/test_book_browser.py
 
-# Re-execute every chapter in place after editing it, so that its stored outputs are current.
+# Re-execute every chapter in place after editing it, so its stored outputs are current.
 notebooks: $(VENV)/.installed
 	$(BIN)/jupyter execute --inplace notebooks/*.ipynb
 
-# Every chapter run as Colab runs it: Python 3.12, no constraints, lora_edu from a git URL.
+# Every chapter run as Colab runs it: Python 3.12, no constraints, lora_edu from git.
 # Downloads about 3 GB from PyPI the first time; not part of `make test`.
 colab-check:
 	$(PYTHON) tools/colab_check.py

@@ -1,11 +1,11 @@
-"""The built book, opened in headless Chromium as a reader with no internet would see it.
+"""The built book in headless Chromium, as a reader with no internet sees it.
 
 Runs after the book build (`make test` builds it, then runs this file): it reads
-`_build/html`, or the folder in $BOOK_HTML. Every page of the table of contents is checked:
-formulas rendered by the local MathJax, images loaded with alt text and a caption, no request
-leaving the machine, no broken internal link, and nothing wider than the text column at 1280
-px. Each page prints one line of counts. Where Chromium is missing the test skips, except
-under CI (CI=true), where that is a failure.
+`_build/html`, or the folder in $BOOK_HTML. Every page of the table of contents is
+checked: formulas rendered by the local MathJax, images loaded with alt text and a
+caption, no request leaving the machine, no broken internal link, and nothing wider than
+the text column at 1280 px. Each page prints one line of counts. Where Chromium is
+missing the test skips, except under CI (CI=true), where that is a failure.
 """
 
 import os
@@ -29,7 +29,9 @@ CODE_COLUMNS = 88
 # A figure drawn wider than the column is scaled down, and its labels with it.
 MIN_FIGURE_SCALE = 0.8
 # An alt text must describe the picture, not name it ("image", "output_12_0.png").
-GENERIC_ALT = re.compile(r"^(image|figure|plot|graph|png|output.*|.*\.(png|svg|jpe?g))$")
+GENERIC_ALT = re.compile(
+    r"^(image|figure|plot|graph|png|output.*|.*\.(png|svg|jpe?g))$"
+)
 
 
 def pages() -> list[str]:
@@ -50,7 +52,12 @@ def unavailable(reason: str):
 
 def chromium_path() -> str | None:
     """Debian's chromium, or the browser named in $CHROMIUM."""
-    names = [os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"]
+    names = [
+        os.environ.get("CHROMIUM"),
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+    ]
     return next((path for name in names if name and (path := shutil.which(name))), None)
 
 
@@ -103,13 +110,14 @@ MEASURE = """([columns]) => {
   const right = box.right - parseFloat(style.paddingRight);
   // Visible prose: the article's text without code, outputs and rendered maths.
   const prose = article.cloneNode(true);
-  prose.querySelectorAll("pre, code, mjx-container, script, style").forEach(e => e.remove());
+  prose.querySelectorAll("pre, code, mjx-container, script, style")
+    .forEach(e => e.remove());
   const blocks = [...article.querySelectorAll(
     "div.highlight pre, div.cell_output > *, table, img, mjx-container[display='true']"
   )].filter(e => e.getClientRects().length > 0);
   const widths = blocks.map(e => {
     const r = e.getBoundingClientRect();
-    // How far the content reaches: a block element is as wide as the column, its text not.
+    // How far the content reaches: a block is as wide as the column, its text is not.
     const range = document.createRange();
     range.selectNodeContents(e);
     const ends = [...range.getClientRects()].map(q => q.right - r.left);
@@ -133,7 +141,8 @@ MEASURE = """([columns]) => {
     probe.style.display = "inline-block";
     pre.appendChild(probe);
     const cs = getComputedStyle(pre);
-    const inner = pre.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+    const padding = parseFloat(cs.paddingLeft) + parseFloat(cs.paddingRight);
+    const inner = pre.clientWidth - padding;
     codeFits = {probe: probe.getBoundingClientRect().width, inner: inner};
     probe.remove();
   }
@@ -150,8 +159,10 @@ MEASURE = """([columns]) => {
       src: img.getAttribute("src"),
       loaded: img.complete && img.naturalWidth > 0,
       alt: (img.getAttribute("alt") || "").trim(),
-      caption: img.closest("figure")?.querySelector("figcaption")?.innerText.trim() || "",
-      scale: img.naturalWidth ? img.getBoundingClientRect().width / img.naturalWidth : 0,
+      caption:
+        img.closest("figure")?.querySelector("figcaption")?.innerText.trim() || "",
+      scale:
+        img.naturalWidth ? img.getBoundingClientRect().width / img.naturalWidth : 0,
     })),
     links: [...document.querySelectorAll("a[href]")].map(a => a.href),
     blocks: widths,
@@ -176,16 +187,18 @@ def test_page_renders_offline_and_fits_the_column(browser, page, capsys):
 
     tab.route("**/*", keep_local)
     tab.goto((HTML / page).as_uri(), wait_until="load")
-    # MathJax typesets after load; its startup promise settles when every formula is done.
+    # MathJax typesets after load; its startup promise settles when all formulas are.
     tab.evaluate("() => window.MathJax?.startup?.promise")
     found = tab.evaluate(MEASURE, [CODE_COLUMNS])
     context.close()
 
     problems = [f"request leaving the machine: {url}" for url in outside]
 
-    # Formulas: every maths element holds a rendered MathJax node; no TeX left in the prose.
+    # Formulas: each maths element holds a rendered MathJax node; no TeX left in prose.
     problems += [
-        f"formula not rendered: {m['text']!r}" for m in found["mathSources"] if not m["rendered"]
+        f"formula not rendered: {m['text']!r}"
+        for m in found["mathSources"]
+        if not m["rendered"]
     ]
     for raw in re.findall(r"\\[(\[]|\$\$|\\[A-Za-z]+", found["prose"]):
         problems.append(f"raw TeX in the visible text: {raw!r}")
@@ -201,7 +214,9 @@ def test_page_renders_offline_and_fits_the_column(browser, page, capsys):
         if not image["caption"]:
             problems.append(f"image without a caption: {name}")
         if image["loaded"] and image["scale"] < MIN_FIGURE_SCALE:
-            problems.append(f"image shrunk to {image['scale']:.0%} of its width: {name}")
+            problems.append(
+                f"image shrunk to {image['scale']:.0%} of its width: {name}"
+            )
 
     # Internal links: the file exists, and so does the element a #fragment names.
     for link in found["links"]:

@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     expected = set(project["dependencies"]) | {
-        r for extra in ("book", "test", "lab") for r in project["optional-dependencies"][extra]
+        r
+        for extra in ("book", "test", "lab")
+        for r in project["optional-dependencies"][extra]
     }
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(

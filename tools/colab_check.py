@@ -1,13 +1,14 @@
-"""Run every chapter as Colab would: Python 3.12, no constraints, lora_edu from a git URL.
+"""Run every chapter as Colab does: Python 3.12, no constraints, lora_edu from git.
 
-Colab has its own, newer packages and opens a notebook alone, without the repository. This
-script builds a Python 3.12 virtual environment in `.colab-check/venv` with only the packages
-Colab preinstalls (unpinned), runs each chapter's setup-cell install command with the
-repository URL replaced by this clone (`git+file://...`, so the last commit is what gets
-installed), and executes every chapter top to bottom in an empty folder. It prints a line per
-chapter (passed or failed, seconds, compared outputs that differ from the stored ones) and exits
-with status 1 if any chapter failed. It needs the network to reach PyPI (about 3 GB: PyPI's
-torch is the CUDA build) and is not part of `make test`.
+Colab has its own, newer packages and opens a notebook alone, without the repository.
+This script builds a Python 3.12 virtual environment in `.colab-check/venv` with only
+the packages Colab preinstalls (unpinned), runs each chapter's setup-cell install
+command with the repository URL replaced by this clone (`git+file://...`, so the last
+commit is what gets installed), and executes every chapter top to bottom in an empty
+folder. It prints a line per chapter (passed or failed, seconds, compared outputs that
+differ from the stored ones) and exits with status 1 if any chapter failed. It needs the
+network to reach PyPI (about 3 GB: PyPI's torch is the CUDA build) and is not part of
+`make test`.
 
     python tools/colab_check.py            # or: make colab-check
     python tools/colab_check.py 04 05      # only the chapters whose names start so
@@ -26,15 +27,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".colab-check"
 VENV = WORK / "venv"
-# What Colab has before a notebook's setup cell runs (unpinned: Colab tracks new releases).
+# What Colab has before a notebook's setup cell runs (unpinned: Colab follows releases).
 PREINSTALLED = ["torch", "numpy", "matplotlib", "jupyter", "ipykernel", "nbclient"]
-# Compared like nbval: stdout and plain-text results, except where the chapter says they vary.
+# Compared like nbval: stdout and plain-text results, but not where a chapter says they
+# vary.
 SKIP_TAGS = {"nbval-skip", "nbval-ignore-output"}
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 def python312() -> str:
-    """The path of a working Python 3.12: $COLAB_PYTHON, then PATH, then pyenv's versions."""
+    """A working Python 3.12: $COLAB_PYTHON, then one on PATH, then pyenv's versions."""
     candidates = [os.environ.get("COLAB_PYTHON"), shutil.which("python3.12")]
     try:
         pyenv_root = subprocess.run(
@@ -53,7 +55,7 @@ def python312() -> str:
 
 
 def setup_command(notebook: dict) -> str:
-    """The `%pip install ...` arguments of a chapter's setup cell, pointed at this clone."""
+    """The arguments of a chapter's setup-cell `%pip install`, aimed at this clone."""
     source = "".join(notebook["cells"][0]["source"])
     match = re.search(r'%pip install (.*"lora-edu @ git\+)([^"]+)(")', source)
     if match is None:
@@ -73,7 +75,9 @@ def compared_texts(notebook: dict) -> dict[str, str]:
             if output["output_type"] == "stream" and output["name"] == "stdout":
                 parts.append("".join(output["text"]))
             # Colab's ipywidgets turn progress bars into widgets; nbval's env has none.
-            elif "text/plain" in output.get("data", {}) and WIDGET not in output["data"]:
+            elif (
+                "text/plain" in output.get("data", {}) and WIDGET not in output["data"]
+            ):
                 parts.append("".join(output["data"]["text/plain"]))
         texts[cell["id"]] = "".join(parts)
     return texts
@@ -96,7 +100,10 @@ def main() -> int:
         check=True,
     ).stdout
     if dirty:
-        print("colab-check: uncommitted changes are not installed (git+file:// installs HEAD)")
+        print(
+            "colab-check: uncommitted changes are not installed "
+            "(git+file:// installs the last commit)"
+        )
 
     if not (VENV / "bin" / "python").exists():
         subprocess.run([python312(), "-m", "venv", str(VENV)], check=True)
@@ -126,7 +133,7 @@ def main() -> int:
     for chapter in chapters:
         stored = json.loads(chapter.read_text())
         with tempfile.TemporaryDirectory() as folder:
-            # An empty working folder, as in Colab: the chapter may use only the package.
+            # An empty working folder, as in Colab: a chapter may use only the package.
             copy = Path(folder, chapter.name)
             shutil.copy(chapter, copy)
             start = time.perf_counter()
@@ -147,7 +154,9 @@ def main() -> int:
         differ = [i for i in stored_texts if stored_texts[i] != fresh_texts.get(i)]
         note = f"{len(differ)} compared outputs differ"
         for cell_id in differ:
-            change = first_difference(stored_texts[cell_id], fresh_texts.get(cell_id, ""))
+            change = first_difference(
+                stored_texts[cell_id], fresh_texts.get(cell_id, "")
+            )
             note += f"\n      {cell_id}: {change}"
         print(f"pass  {chapter.name:36} {seconds:6.1f} s  {note}")
     print(f"colab-check: {len(chapters) - failed} of {len(chapters)} chapters ran")

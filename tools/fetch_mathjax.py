@@ -1,10 +1,11 @@
-"""Put MathJax into `_mathjax/mathjax/`, so that the built book renders formulas offline.
+"""Fetch MathJax into `_mathjax/mathjax/`, so that the book renders formulas offline.
 
-Sphinx loads MathJax from a CDN by default, and a book read without internet then shows raw
-TeX. `_config.yml` points `mathjax_path` at this local copy instead. It comes from the npm
-registry (`npm pack`, the package registry's own client), pinned to one version and checked
-against its SHA-256, and is unpacked only once: `make book` and `make test` call this script,
-which returns at once when the copy is there. `_mathjax/` is git-ignored.
+Sphinx loads MathJax from a CDN by default, and a book read without internet then shows
+raw TeX. `_config.yml` points `mathjax_path` at this local copy instead. It comes from
+the npm registry (`npm pack`, the package registry's own client), pinned to one version
+and checked against its SHA-256, and is unpacked only once: `make book` and `make test`
+call this script, which returns at once when the copy is there. `_mathjax/` is
+git-ignored.
 
     python tools/fetch_mathjax.py
 """
@@ -49,12 +50,12 @@ def main() -> int:
             print(f"fetch_mathjax: {tarball.name} has sha256 {digest}, not {SHA256}")
             return 2
         with tarfile.open(tarball) as archive:
-            # The "data" filter refuses links and paths outside the folder (Python >= 3.10.12).
+            # The "data" filter (Python >= 3.10.12) refuses links and paths outside.
             if hasattr(tarfile, "data_filter"):
                 archive.extractall(folder, filter="data")
             else:
                 archive.extractall(folder)
-        # Move the complete folder into place last, so an interrupted run leaves nothing.
+        # Move the complete folder into place last: an interrupted run leaves nothing.
         Path(folder, "package", "es5").rename(TARGET)
     print(f"fetch_mathjax: MathJax {VERSION} unpacked into {TARGET.relative_to(ROOT)}")
     return 0
