@@ -115,17 +115,38 @@ MEASURE = """([columns]) => {
   const blocks = [...article.querySelectorAll(
     "div.highlight pre, div.cell_output > *, table, img, mjx-container[display='true']"
   )].filter(e => e.getClientRects().length > 0);
+  // How far a block's content reaches: a block is as wide as the column, its text is not.
+  const range = document.createRange();
+  const reach = e => {
+    const r = e.getBoundingClientRect();
+    if (e.scrollWidth > e.clientWidth + 1) return {width: e.scrollWidth, lines: 0};
+    if (e.tagName === "IMG") return {width: r.width, lines: 0};
+    let end = r.left;
+    const tops = new Set();
+    const texts = document.createTreeWalker(e, NodeFilter.SHOW_TEXT);
+    for (let t = texts.nextNode(); t; t = texts.nextNode()) {
+      range.selectNodeContents(t);
+      for (const q of range.getClientRects()) {
+        end = Math.max(end, q.right);
+        tops.add(Math.round(q.top));
+      }
+    }
+    e.querySelectorAll("img, mjx-math").forEach(
+      i => { end = Math.max(end, i.getBoundingClientRect().right); });
+    // A code line too long for the column wraps: more line boxes than lines.
+    const lines = e.tagName === "PRE"
+      ? Math.max(0, tops.size - e.textContent.replace(/\\n$/, "").split("\\n").length)
+      : 0;
+    return {width: end - r.left, lines: lines};
+  };
   const widths = blocks.map(e => {
     const r = e.getBoundingClientRect();
-    // How far the content reaches: a block is as wide as the column, its text is not.
-    const range = document.createRange();
-    range.selectNodeContents(e);
-    const ends = [...range.getClientRects()].map(q => q.right - r.left);
+    const {width, lines} = reach(e);
     return {
       what: e.closest(".cell_output") ? "output" : e.tagName.toLowerCase(),
       text: (e.innerText || e.getAttribute("alt") || "").slice(0, 60),
-      width: e.scrollWidth > e.clientWidth + 1 ? e.scrollWidth
-        : Math.max(...(ends.length ? ends : [r.width])),
+      width: width,
+      wrapped: lines,
       overflow: e.scrollWidth - e.clientWidth,
       right: r.right,
     };
@@ -244,11 +265,12 @@ def test_page_renders_offline_and_fits_the_column(browser, page, capsys):
         )
 
     widest = max((b["width"] for b in found["blocks"]), default=0)
+    wrapped = sum(b["wrapped"] for b in found["blocks"])
     with capsys.disabled():
         print(
             f"\n{page:45} formulas {found['formulas']:4d}  images "
             f"{len(found['images']):2d}  widest block {widest:4.0f} px "
-            f"in a {found['column']:.0f} px column",
+            f"in a {found['column']:.0f} px column, {wrapped} long lines wrapped",
             end="",
         )
     assert not problems, "\n".join(problems)
