@@ -115,7 +115,7 @@ MEASURE = """([columns]) => {
   const blocks = [...article.querySelectorAll(
     "div.highlight pre, div.cell_output > *, table, img, mjx-container[display='true']"
   )].filter(e => e.getClientRects().length > 0);
-  // How far a block's content reaches: a block is as wide as the column, its text is not.
+  // How far a block's content reaches: a block spans the column, its text need not.
   const range = document.createRange();
   const reach = e => {
     const r = e.getBoundingClientRect();
