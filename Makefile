@@ -3,10 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: book test notebooks clean
+.PHONY: book book-student test notebooks clean
 
 book: $(VENV)/.installed
 	$(BIN)/jupyter-book build .
+
+# The student edition: chapters without solutions (student/notebooks/, rewritten here from
+# notebooks/ and committed, so that its Colab buttons open them), built into _build/student.
+book-student: $(VENV)/.installed
+	$(BIN)/python tools/student_edition.py --book _build/student-config
+	$(BIN)/jupyter-book build . --config _build/student-config/_config.yml \
+		--toc _build/student-config/_toc.yml --path-output _build/student
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -14,6 +14,8 @@ render as a heading, the text, and a folded solution:
 
     </details>
 
+The student edition (tools/student_edition.py) keeps the heading and the text only.
+
 At build time this Sphinx extension rewrites each such cell into sphinx-exercise's `exercise` and
 `solution` (class dropdown) directives, so the book numbers exercises per chapter and folds
 solutions. The tests, the student edition and the assignments parse cells with `parse_exercise`.
@@ -30,8 +32,8 @@ from sphinx.errors import ExtensionError
 HEADING = re.compile(r"^#### Exercise\b")
 EXERCISE = re.compile(
     r"\A#### Exercise (?P<chapter>\d+)\.(?P<number>\d+): (?P<title>[^\n]+)\n\n"
-    r"(?P<text>.+?)\n\n"
-    r"<details>\n<summary>Solution</summary>\n\n(?P<solution>.+?)\n\n</details>\n*\Z",
+    r"(?P<text>.+?)"
+    r"(?:\n\n<details>\n<summary>Solution</summary>\n\n(?P<solution>.+?)\n\n</details>)?\n*\Z",
     re.S,
 )
 
@@ -44,7 +46,7 @@ class Exercise:
     number: int
     title: str
     text: str
-    solution: str
+    solution: str  # empty in the student edition
 
     @property
     def label(self) -> str:
@@ -59,7 +61,8 @@ def is_exercise(source: str) -> bool:
 def parse_exercise(source: str) -> Exercise:
     """Split an exercise cell; raise ValueError naming what is wrong if it is not in shape."""
     match = EXERCISE.match(source)
-    if not match:
+    # A solution block out of shape would otherwise read as part of the text.
+    if not match or "<details>" in match["text"] or "<summary>" in match["text"]:
         first = source.splitlines()[0] if source else ""
         raise ValueError(
             f"exercise cell {first!r} is not in the shape '#### Exercise N.M: Title', text, "
@@ -71,8 +74,13 @@ def parse_exercise(source: str) -> Exercise:
         int(match["number"]),
         match["title"].strip(),
         match["text"].strip(),
-        match["solution"].strip(),
+        (match["solution"] or "").strip(),
     )
+
+
+def without_solution(exercise: Exercise) -> str:
+    """The exercise cell as the student edition has it: heading and text, no solution."""
+    return f"#### Exercise {exercise.chapter}.{exercise.number}: {exercise.title}\n\n{exercise.text}"
 
 
 def _fence(*texts: str) -> str:
@@ -82,14 +90,18 @@ def _fence(*texts: str) -> str:
 
 
 def to_directives(exercise: Exercise) -> str:
-    """The exercise as sphinx-exercise directives, the solution folded in a dropdown."""
+    """The exercise as sphinx-exercise directives, the solution (if any) in a dropdown."""
     fence = _fence(exercise.text, exercise.solution)
-    return (
+    directives = (
         f"{fence}{{exercise}} {exercise.title}\n:label: {exercise.label}\n\n"
-        f"{exercise.text}\n{fence}\n\n"
-        f"{fence}{{solution}} {exercise.label}\n:class: dropdown\n\n"
-        f"{exercise.solution}\n{fence}\n"
+        f"{exercise.text}\n{fence}\n"
     )
+    if exercise.solution:
+        directives += (
+            f"\n{fence}{{solution}} {exercise.label}\n:class: dropdown\n\n"
+            f"{exercise.solution}\n{fence}\n"
+        )
+    return directives
 
 
 def convert_notebook(text: str) -> str:
