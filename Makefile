@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: book book-student test notebooks clean
+.PHONY: book book-student assignments grade test notebooks clean
 
 book: $(VENV)/.installed
 	$(BIN)/jupyter-book build .
@@ -14,6 +14,16 @@ book-student: $(VENV)/.installed
 	$(BIN)/python tools/student_edition.py --book _build/student-config
 	$(BIN)/jupyter-book build . --config _build/student-config/_config.yml \
 		--toc _build/student-config/_toc.yml --path-output _build/student
+
+# Autograded assignments (otter-grader, the `instructor` extra): student notebooks with their
+# tests/ folder and autograder.zip per chapter, under _build/assignments/NAME/.
+assignments: $(VENV)/.installed
+	$(BIN)/python tools/assignments.py build _build/assignments
+
+# Grade a folder of submitted notebooks: make grade ASSIGNMENT=01_matrix_rank SUBMISSIONS=dir
+# writes _build/grades/ASSIGNMENT.csv (student, question, points, total). No Docker, no network.
+grade: $(VENV)/.installed
+	$(BIN)/python tools/assignments.py grade "$(ASSIGNMENT)" "$(SUBMISSIONS)"
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -28,7 +38,7 @@ notebooks: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test,instructor]"
 	touch $@
 
 clean:

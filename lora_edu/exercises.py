@@ -6,6 +6,8 @@ an instructor's grading script. A wrong answer gets a hint, never the answer its
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import numbers
 
@@ -18,6 +20,15 @@ from lora_edu import linalg
 def _report(correct: bool, praise: str, hint: str) -> bool:
     print(f"✅ Correct. {praise}" if correct else f"❌ Not quite. {hint}")
     return correct
+
+
+def require(check, *args) -> None:
+    """Run a check silently; raise AssertionError with its hint if the answer is wrong (for autograders)."""
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        correct = check(*args)
+    if correct is not True:
+        raise AssertionError(output.getvalue().strip())
 
 
 def _check_integer(value, name: str) -> int:

@@ -183,3 +183,12 @@ def test_check_perplexity(capsys):
     ]:
         result, out = verdict(capsys, exercises.check_perplexity, 1.25, wrong)
         assert not result and hint in out, out
+
+
+def test_require_is_silent_on_a_right_answer_and_raises_the_hint_on_a_wrong_one(capsys):
+    M = [[1, 2, 1], [2, 4, 0], [3, 6, 1]]
+    exercises.require(exercises.check_rank, M, 2)
+    assert capsys.readouterr().out == ""
+    with pytest.raises(AssertionError, match="too high"):
+        exercises.require(exercises.check_rank, M, 3)
+    assert capsys.readouterr().out == ""
