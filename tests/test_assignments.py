@@ -32,26 +32,6 @@ WRONG = {
 }
 
 
-def questions(master):
-    """(name, points, prompt, solution code, hidden test code) for each question of a master."""
-    cells, found = nbformat.read(master, as_version=4).cells, []
-    for i, cell in enumerate(cells):
-        if cell.cell_type == "raw" and cell.source.startswith("# BEGIN QUESTION"):
-            name = re.search(r"name: (\w+)", cell.source)[1]
-            points = int(re.search(r"points: (\d+)", cell.source)[1])
-            end = next(
-                j for j in range(i, len(cells)) if cells[j].source == "# END QUESTION"
-            )
-            block = cells[i + 1 : end]
-            prompt = next(c.source for c in block if c.cell_type == "markdown")
-            begin = next(
-                j for j, c in enumerate(block) if c.source == "# BEGIN SOLUTION"
-            )
-            hidden = [c.source for c in block if c.source.startswith("# HIDDEN")]
-            found.append((name, points, prompt, block[begin + 1].source, hidden))
-    return found
-
-
 def chapter_exercises(name):
     cells = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells
     return [parse_exercise(c.source) for c in cells if is_exercise(c.source)]
@@ -65,7 +45,7 @@ def test_every_chapter_has_an_assignment():
 @pytest.mark.parametrize("name", MASTERS)
 def test_an_assignment_quotes_its_chapter_exercises_word_for_word(name):
     exercises = {f"{e.chapter}.{e.number}": e for e in chapter_exercises(name)}
-    for question, _, prompt, _, _ in questions(MASTERS[name]):
+    for question, _, prompt, _, _ in assignments.questions(MASTERS[name]):
         number = re.match(r"#### Exercise (\d+\.\d+):", prompt)[1]
         quoted = without_solution(exercises[number])
         assert prompt.startswith(quoted + "\n\n**For grading:** "), (
@@ -76,7 +56,7 @@ def test_an_assignment_quotes_its_chapter_exercises_word_for_word(name):
 def solution_lines(master):
     """Lines of solution code and of hidden tests, which no student file may contain."""
     lines = set()
-    for _, _, _, solution, hidden in questions(master):
+    for _, _, _, solution, hidden in assignments.questions(master):
         for line in solution.splitlines():
             if "# SOLUTION" in line:
                 lines.add(line.split("=", 1)[1].split("# SOLUTION")[0].strip())
@@ -125,7 +105,7 @@ def scores(rows, student):
 
 @pytest.mark.parametrize("name", MASTERS)
 def test_reference_full_marks_blank_zero_one_wrong_loses_that_question(grades, name):
-    points = {q: p for q, p, *_ in questions(MASTERS[name])}
+    points = {q: p for q, p, *_ in assignments.questions(MASTERS[name])}
     reference, blank = scores(grades[name], "reference"), scores(grades[name], "blank")
     one_wrong = scores(grades[name], "one_wrong")
     assert reference == {q: (p, p) for q, p in points.items()}

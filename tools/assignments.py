@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
+
+import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 MASTERS = ROOT / "assignments"
@@ -34,12 +37,31 @@ def masters() -> dict[str, Path]:
     return {path.stem: path for path in sorted(MASTERS.glob("*.ipynb"))}
 
 
-def build(out: Path = BUILD, names: list[str] | None = None) -> None:
+def questions(master):
+    """(name, points, prompt, solution code, hidden test code) for each question of a master."""
+    cells, found = nbformat.read(master, as_version=4).cells, []
+    for i, cell in enumerate(cells):
+        if cell.cell_type == "raw" and cell.source.startswith("# BEGIN QUESTION"):
+            name = re.search(r"name: (\w+)", cell.source)[1]
+            points = int(re.search(r"points: (\d+)", cell.source)[1])
+            end = next(
+                j for j in range(i, len(cells)) if cells[j].source == "# END QUESTION"
+            )
+            block = cells[i + 1 : end]
+            prompt = next(c.source for c in block if c.cell_type == "markdown")
+            begin = next(
+                j for j, c in enumerate(block) if c.source == "# BEGIN SOLUTION"
+            )
+            hidden = [c.source for c in block if c.source.startswith("# HIDDEN")]
+            found.append((name, points, prompt, block[begin + 1].source, hidden))
+    return found
+
+
+def build(out: Path = BUILD) -> None:
     """Write each assignment's student folder and autograder.zip under out/NAME."""
     import otter.assign
 
-    chosen = masters() if names is None else {n: masters()[n] for n in names}
-    for name, master in chosen.items():
+    for name, master in masters().items():
         target = out / name
         shutil.rmtree(target, ignore_errors=True)
         # otter assign runs the tests against the solutions, so a broken master fails here.
@@ -67,8 +89,8 @@ def grade(autograder: Path, submissions: list[Path]) -> list[dict]:
                 {
                     "student": submission.stem,
                     "question": question,
-                    "points": results.get_score(question),
-                    "total": results.get_result(question).possible,
+                    "points": float(results.get_score(question)),
+                    "total": float(results.get_result(question).possible),
                 }
             )
         print(
@@ -86,7 +108,10 @@ def write_csv(rows: list[dict], path: Path) -> None:
             file, fieldnames=["student", "question", "points", "total"]
         )
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(
+            {**r, "points": f"{r['points']:g}", "total": f"{r['total']:g}"}
+            for r in rows
+        )
     os.replace(temporary, path)
 
 
