@@ -5,10 +5,27 @@ BIN := $(VENV)/bin
 # The book's local MathJax, fetched once from the npm registry (tools/fetch_mathjax.py).
 MATHJAX := _mathjax/mathjax/tex-mml-chtml.js
 
-.PHONY: book test notebooks colab-check clean
+.PHONY: book book-student assignments grade test notebooks colab-check clean
 
 book: $(VENV)/.installed $(MATHJAX)
 	$(BIN)/jupyter-book build .
+
+# The student edition: chapters without solutions (student/notebooks/, rewritten here from
+# notebooks/ and committed, so that its Colab buttons open them), built into _build/student.
+book-student: $(VENV)/.installed $(MATHJAX)
+	$(BIN)/python tools/student_edition.py --book _build/student-config
+	$(BIN)/jupyter-book build . --config _build/student-config/_config.yml \
+		--toc _build/student-config/_toc.yml --path-output _build/student
+
+# Autograded assignments (otter-grader, the `instructor` extra): student notebooks with their
+# tests/ folder and autograder.zip per chapter, under _build/assignments/NAME/.
+assignments: $(VENV)/.installed
+	$(BIN)/python tools/assignments.py build _build/assignments
+
+# Grade a folder of submitted notebooks: make grade ASSIGNMENT=01_matrix_rank SUBMISSIONS=dir
+# writes _build/grades/ASSIGNMENT.csv (student, question, points, total). No Docker, no network.
+grade: $(VENV)/.installed
+	$(BIN)/python tools/assignments.py grade "$(ASSIGNMENT)" "$(SUBMISSIONS)"
 
 # Lint, unit tests, the notebooks re-run (nbval), the strict book build, and last the
 # book just built, opened in headless Chromium: formulas, figures, links, widths, no
@@ -36,7 +53,7 @@ $(MATHJAX):
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test,lab]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test,lab,instructor]"
 	touch $@
 
 clean:

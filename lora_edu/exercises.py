@@ -6,6 +6,8 @@ an instructor's grading script. A wrong answer gets a hint, never the answer its
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import numbers
 
@@ -18,6 +20,15 @@ from lora_edu import linalg
 def _report(correct: bool, praise: str, hint: str) -> bool:
     print(f"✅ Correct. {praise}" if correct else f"❌ Not quite. {hint}")
     return correct
+
+
+def require(check, *args) -> None:
+    """Run a check silently; raise AssertionError with its hint if the answer is wrong (for autograders)."""
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        correct = check(*args)
+    if correct is not True:
+        raise AssertionError(output.getvalue().strip())
 
 
 def _check_integer(value, name: str) -> int:
@@ -41,14 +52,42 @@ def check_rank(A, answer: int) -> bool:
     )
 
 
-def check_has_rank(M, rank: int) -> bool:
-    """Check that a learner's matrix M (m×n) has exactly the requested rank. [Ch. 1, Exercise 1.3]"""
+def _integer_entries(M) -> np.ndarray | None:
+    """M as an array of Python ints if every entry is an integer (2, not 2.0), else None."""
+    array = np.asarray(M, dtype=object)
+    flat = array.ravel().tolist()
+    if any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in flat):
+        return None
+    # Python ints, not int64: exact elimination must not overflow on large entries.
+    return np.array([int(x) for x in flat], dtype=object).reshape(array.shape)
+
+
+def check_has_rank(M, rank: int, shape=(4, 4)) -> bool:
+    """Check that M is an integer matrix of `shape` (m, n), no entry zero, of exact rank. [Ch. 1, Exercise 1.3]"""
     rank = _check_integer(rank, "rank")
-    M = linalg.as_matrix(M, name="M")
-    actual = linalg.exact_rank(M)
+    floats = linalg.as_matrix(M, name="M")
+    if floats.shape != tuple(shape):
+        m, n = shape
+        got = "×".join(map(str, floats.shape))
+        return _report(
+            False, "", f"The exercise asks for a {m}×{n} matrix; yours is {got}."
+        )
+    integers = _integer_entries(M)
+    if integers is None:
+        return _report(
+            False, "", "Use integer entries, such as 2 rather than 2.0 or 1.5."
+        )
+    if (integers == 0).any():
+        i, j = np.argwhere(integers == 0)[0].tolist()
+        return _report(
+            False,
+            "",
+            f"Row {i + 1}, column {j + 1} is zero, and the exercise allows no zero entry.",
+        )
+    actual = linalg.exact_rank(integers)
     return _report(
         actual == rank,
-        f"Your {M.shape[0]}×{M.shape[1]} matrix has rank {rank}.",
+        f"Your {shape[0]}×{shape[1]} matrix has rank {rank} and no zero entry.",
         f"Your matrix has rank {actual}, not {rank}: "
         + (
             "make more rows combinations of the others."
@@ -100,11 +139,12 @@ def check_approximation_error(A, k: int, answer: float) -> bool:
         return _report(
             False,
             "",
-            "That is the spectral-norm error σ_{k+1}. The Frobenius error sums all discarded σᵢ².",
+            "That is the spectral-norm error, the first discarded singular value. "
+            "The Frobenius error sums the squares of all discarded σᵢ.",
         )
     return _report(
         bool(np.isclose(answer, frobenius, atol=1e-6)),
-        f"The error is √(Σ_{{i>{k}}} σᵢ²) = {frobenius:.6g}.",
+        f"The error is the square root of the sum of σᵢ² over i > {k}: {frobenius:.6g}.",
         "Use Eckart–Young: the error is the square root of the sum of the squared singular values you discard.",
     )
 
@@ -124,6 +164,36 @@ def check_lora_parameter_count(d: int, k: int, r: int, answer: int) -> bool:
         answer == expected,
         f"r(d + k) = {expected:,} numbers instead of {d * k:,}.",
         hint,
+    )
+
+
+def check_lora_budget(d: int, k: int, share: float, r: int, count: int) -> bool:
+    """Check r, the largest rank within share·d·k parameters for a d×k weight, and its count. [Ch. 4, Exercise 4.3]"""
+    r, count = _check_integer(r, "r"), _check_integer(count, "count")
+    budget = share * d * k
+    if not (math.isfinite(budget) and 0 < share < 1):
+        raise ValueError(f"share must be a number between 0 and 1, got {share!r}")
+    largest = int(budget // (d + k))
+    if r < 1:
+        return _report(False, "", "A LoRA update needs a rank of at least 1.")
+    if linalg.factored_size(d, k, r) > budget:
+        hint = (
+            f"At r = {r}, B and A hold r(d + k) = {linalg.factored_size(d, k, r):,} "
+            f"numbers, over the budget of {budget:,.0f}."
+        )
+        if r == int(budget // max(d, k)):
+            hint += " Count both factors: B is d×r and A is r×k."
+        elif r == largest + 1:
+            hint += " Round down: the count must stay within the budget."
+        return _report(False, "", hint)
+    if r < largest:
+        return _report(
+            False, "", f"r = {r} fits, but so does r = {r + 1}: find the largest."
+        )
+    return _report(
+        count == linalg.factored_size(d, k, r),
+        f"r = {r} trains {count:,} parameters, within the budget of {budget:,.0f}.",
+        f"r = {r} is right, but it trains r(d + k) parameters, not {count:,}.",
     )
 
 
@@ -235,5 +305,21 @@ def check_perplexity(loss: float, answer: float) -> bool:
     return _report(
         math.isclose(answer, expected, rel_tol=1e-3),
         f"e^{loss} = {expected:.4g}.",
+        hint,
+    )
+
+
+def check_perplexity_factor(loss_drop: float, answer: float) -> bool:
+    """Check the factor by which perplexity changes when the loss falls by loss_drop nats. [Ch. 6, Exercise 6.1]"""
+    expected = math.exp(-loss_drop)
+    if math.isclose(answer, 1 / expected, rel_tol=1e-3):
+        hint = "That factor makes perplexity rise. A lower loss lowers the perplexity."
+    elif math.isclose(answer, 1 - loss_drop, rel_tol=1e-4):
+        hint = "Perplexity is exponential in the loss: a drop in loss divides it."
+    else:
+        hint = "Write both perplexities as powers of e and divide one by the other."
+    return _report(
+        math.isclose(answer, expected, rel_tol=1e-3),
+        f"e^(−{loss_drop}) = {expected:.4g}, whatever the starting loss.",
         hint,
     )

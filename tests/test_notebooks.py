@@ -18,11 +18,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SAVED = re.compile(r"^# Saved in (lora_edu/\w+\.py)\n")
-SOLUTION = re.compile(r"^````\{solution\}(.*?)^````$", re.S | re.M)
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.S | re.M)
 
 sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "_ext"))
 from colab_setup import setup_cell  # noqa: E402
+from jupyter_exercises import is_exercise, parse_exercise  # noqa: E402
 
 
 def read(path):
@@ -161,15 +162,22 @@ def test_at_least_one_saved_cell_per_chapter_that_writes_code():
     assert {"01_matrix_rank", "03_low_rank_approximation"} <= chapters
 
 
+def exercises(path):
+    """The exercises of a chapter, parsed from its exercise cells."""
+    cells = read(path).cells
+    return [
+        parse_exercise(c.source)
+        for c in cells
+        if c.cell_type == "markdown" and is_exercise(c.source)
+    ]
+
+
 def solution_blocks():
     for path in NOTEBOOKS:
-        markdown = "\n".join(
-            c.source for c in read(path).cells if c.cell_type == "markdown"
-        )
         blocks = [
             code
-            for solution in SOLUTION.findall(markdown)
-            for code in PYTHON_BLOCK.findall(solution)
+            for exercise in exercises(path)
+            for code in PYTHON_BLOCK.findall(exercise.solution)
         ]
         for i, code in enumerate(blocks):
             yield pytest.param(code, id=f"{path.stem}:solution-{i}")
@@ -182,12 +190,8 @@ def test_the_code_in_every_solution_runs_and_its_assertions_hold(code, capsys):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_chapter_ends_with_at_least_three_exercises_with_solutions(path):
-    markdown = "\n".join(
-        c.source for c in read(path).cells if c.cell_type == "markdown"
-    )
-    labels = re.findall(r"````\{exercise\}.*\n:label: ([\w-]+)", markdown)
-    solved = re.findall(r"````\{solution\} ([\w-]+)\n:class: dropdown", markdown)
-    assert len(labels) >= 3 and sorted(labels) == sorted(solved)
+    found = exercises(path)
+    assert len(found) >= 3 and all(e.solution for e in found)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
