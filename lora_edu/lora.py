@@ -13,17 +13,27 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lora_edu.files import staged_files
+from lora_edu.files import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILES,
+    ADAPTER_WEIGHTS,
+    holds_adapter,
+    replaced_folder,
+)
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # PEFT saves each tensor under this prefix plus the module's path
 
 
 def check_lora_arguments(
-    in_features: int, out_features: int, r, lora_alpha, lora_dropout=0.0, init="kaiming"
+    in_features: int,
+    out_features: int,
+    r,
+    lora_alpha,
+    lora_dropout=0.0,
+    init="kaiming",
+    use_rslora=False,
 ) -> None:
-    """Raise a ValueError or TypeError naming the first bad LoRA argument for an out×in layer. [Ch. 4]"""
+    """Raise a ValueError naming the first bad LoRA argument for an out×in layer. [Ch. 4]"""
     if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r <= 0:
         raise ValueError(f"r must be a positive integer, got {r!r}")
     if r > min(in_features, out_features):
@@ -34,13 +44,15 @@ def check_lora_arguments(
     if (
         isinstance(lora_alpha, bool)
         or not isinstance(lora_alpha, numbers.Real)
-        or not lora_alpha > 0
+        or not 0 < lora_alpha < math.inf
     ):
-        raise ValueError(f"lora_alpha must be a number > 0, got {lora_alpha!r}")
+        raise ValueError(f"lora_alpha must be a finite number > 0, got {lora_alpha!r}")
     if not isinstance(lora_dropout, numbers.Real) or not 0 <= lora_dropout < 1:
         raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}")
     if init not in ("kaiming", "gaussian"):
         raise ValueError(f"init must be 'kaiming' or 'gaussian', got {init!r}")
+    if not isinstance(use_rslora, bool):
+        raise ValueError(f"use_rslora must be True or False, got {use_rslora!r}")
 
 
 class LoRALinear(nn.Linear):
@@ -58,9 +70,10 @@ class LoRALinear(nn.Linear):
         init: str = "kaiming",
         device=None,
         dtype=None,
+        adapter_dtype=None,
     ):
         check_lora_arguments(
-            in_features, out_features, r, lora_alpha, lora_dropout, init
+            in_features, out_features, r, lora_alpha, lora_dropout, init, use_rslora
         )
         super().__init__(
             in_features, out_features, bias=bias, device=device, dtype=dtype
@@ -73,16 +86,19 @@ class LoRALinear(nn.Linear):
         )
         # rsLoRA divides by √r instead of r, so that the update does not shrink as r grows.
         self.scaling = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+        # A and B may have a wider dtype than W₀: a bfloat16 base trains in float32 updates.
+        adapter_dtype = adapter_dtype or dtype
         self.lora_A = nn.Parameter(
-            torch.empty(r, in_features, device=device, dtype=dtype)
+            torch.empty(r, in_features, device=device, dtype=adapter_dtype)
         )
         self.lora_B = nn.Parameter(
-            torch.empty(out_features, r, device=device, dtype=dtype)
+            torch.empty(out_features, r, device=device, dtype=adapter_dtype)
         )
         self.lora_dropout = (
             nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         )
         self.merged = False
+        self.merged_factors = None  # the (A, B) merged into the weight, for unmerge
         self.freeze_base_layer()
         self.reset_lora_parameters()
 
@@ -113,31 +129,48 @@ class LoRALinear(nn.Linear):
         result = F.linear(x, self.weight, self.bias)
         if self.merged:
             return result  # ΔW is already inside the weight
-        return (
-            result
-            + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
-            * self.scaling
-        )
+        x = self.lora_dropout(x.to(self.lora_A.dtype))
+        update = F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
+        return (result + update).to(result.dtype)  # added in the wider dtype, as PEFT
 
     @torch.no_grad()
     def merge(self) -> None:
         """Add ΔW into the weight, so inference costs one matmul; does nothing if already merged."""
-        if not self.merged:
-            self.weight += self.delta_weight()
-            self.merged = True
+        if self.merged:
+            return
+        delta = self.delta_weight()
+        if not torch.isfinite(delta).all():
+            # As PEFT's safe_merge: a NaN in ΔW would spread into W₀ for good.
+            raise ValueError("ΔW holds NaN or infinite values; the weight is unchanged")
+        self.weight += delta.to(self.weight.dtype)
+        self.merged_factors = (self.lora_A.clone(), self.lora_B.clone())
+        self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract ΔW from the weight again; does nothing if not merged."""
+        """Subtract the ΔW that merge added, even if A or B changed since; else nothing."""
         if self.merged:
-            self.weight -= self.delta_weight()
-            self.merged = False
+            A, B = self.merged_factors
+            self.weight -= ((B @ A) * self.scaling).to(self.weight.dtype)
+            self.merged, self.merged_factors = False, None
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # A merged weight already holds ΔW: a fresh layer loading it would add ΔW twice.
+        if self.merged:
+            raise RuntimeError(f"{prefix or 'the layer'} is merged: unmerge it first")
+        nn.Linear._save_to_state_dict(self, destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Loading W₀ into a merged layer would make unmerge subtract ΔW from it.
+        if self.merged:
+            raise RuntimeError(f"{prefix or 'the layer'} is merged: unmerge it first")
+        nn.Linear._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def from_linear(
         cls, linear: nn.Linear, r: int, lora_alpha: float, **options
     ) -> LoRALinear:
-        """Wrap an existing nn.Linear, sharing its weight and bias and keeping their dtype and device."""
+        """Wrap an nn.Linear, sharing its weight and bias; fp16/bf16 bases get fp32 A and B."""
         if not isinstance(linear, nn.Linear) or isinstance(linear, LoRALinear):
             raise TypeError(
                 f"linear must be a plain nn.Linear, got {type(linear).__name__}"
@@ -147,6 +180,9 @@ class LoRALinear(nn.Linear):
                 f"linear has a quantized {linear.weight.dtype} weight; wrap a floating-point nn.Linear"
             )
         device, dtype = linear.weight.device, linear.weight.dtype
+        # As PEFT: updates in 16 bits would lose most small steps to rounding.
+        if dtype in (torch.float16, torch.bfloat16):
+            options.setdefault("adapter_dtype", torch.float32)
         # Build on the meta device, so that no throwaway weight is allocated or initialised.
         layer = cls(
             linear.in_features,
@@ -155,16 +191,14 @@ class LoRALinear(nn.Linear):
             lora_alpha,
             linear.bias is not None,
             device="meta",
+            dtype=dtype,
             **options,
         )
         layer.weight, layer.bias = linear.weight, linear.bias
         layer.freeze_base_layer()
-        layer.lora_A = nn.Parameter(
-            torch.empty(layer.lora_A.shape, device=device, dtype=dtype)
-        )
-        layer.lora_B = nn.Parameter(
-            torch.empty(layer.lora_B.shape, device=device, dtype=dtype)
-        )
+        A, B = layer.lora_A, layer.lora_B
+        layer.lora_A = nn.Parameter(torch.empty_like(A, device=device))
+        layer.lora_B = nn.Parameter(torch.empty_like(B, device=device))
         layer.reset_lora_parameters()
         return layer
 
@@ -241,21 +275,27 @@ def inject_lora(
             f"the model's nn.Linear layers are named {linear_layer_names(model)}"
         )
     names = sorted({n for ns in matched.values() for n in ns})
+    # Check every target before changing anything, so that an error leaves the model as it was.
     for name in names:
         module = model.get_submodule(name)
         if type(module) is not nn.Linear:
             raise TypeError(
                 f"target module {name!r} is a {type(module).__name__}, not an nn.Linear"
             )
+        if not module.weight.dtype.is_floating_point:
+            raise TypeError(f"target module {name!r} has a quantized weight")
+        try:
+            check_lora_arguments(module.in_features, module.out_features, r, lora_alpha)
+        except ValueError as error:
+            raise ValueError(f"target module {name!r}: {error}") from None
+    layers = {
+        n: LoRALinear.from_linear(model.get_submodule(n), r, lora_alpha, **options)
+        for n in names
+    }
     model.requires_grad_(False)
-    for name in names:
+    for name, layer in layers.items():
         parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(
-            parent,
-            child,
-            LoRALinear.from_linear(getattr(parent, child), r, lora_alpha, **options),
-        )
+        setattr(model.get_submodule(parent_name), child, layer)
     return model
 
 
@@ -267,8 +307,20 @@ def _require_lora(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Merge every LoRA layer's update into its weight. [Ch. 4]"""
-    for layer in _require_lora(model).values():
+    """Merge every LoRA layer's update into its weight, or none if any cannot be. [Ch. 4]"""
+    layers = _require_lora(model)
+    owners = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(name)
+    for name, layer in layers.items():
+        shared = sorted(owners[id(layer.weight)] - {name})
+        if shared:
+            # Merging would change the other module too, e.g. tied input embeddings.
+            raise ValueError(f"{name}'s weight is shared with {shared}: cannot merge")
+        if not layer.merged and not torch.isfinite(layer.delta_weight()).all():
+            raise ValueError(f"{name}'s ΔW holds NaN or infinite values: not merged")
+    for layer in layers.values():
         layer.merge()
     return model
 
@@ -309,9 +361,15 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 # --- Adapters on disk, in PEFT's format -----------------------------------------------------
 
 
+def _plain(number):
+    """A Python int or float for JSON, also from a NumPy or PyTorch scalar."""
+    return int(number) if isinstance(number, numbers.Integral) else float(number)
+
+
 def _adapter_settings(layers: dict[str, LoRALinear]) -> dict:
     settings = {
-        (layer.r, layer.lora_alpha, layer.use_rslora) for layer in layers.values()
+        (_plain(layer.r), _plain(layer.lora_alpha), layer.use_rslora)
+        for layer in layers.values()
     }
     if len(settings) != 1:
         raise ValueError(
@@ -319,6 +377,17 @@ def _adapter_settings(layers: dict[str, LoRALinear]) -> dict:
         )
     ((r, lora_alpha, use_rslora),) = settings
     return {"r": r, "lora_alpha": lora_alpha, "use_rslora": use_rslora}
+
+
+def _target_modules(model: nn.Module, layers: dict[str, LoRALinear]) -> list[str]:
+    """Short names such as 'q_proj' if they select exactly these layers, else full paths."""
+    short = sorted({name.rsplit(".", 1)[-1] for name in layers})
+    selected = {
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and any(matches_target(name, t) for t in short)
+    }
+    return short if selected == set(layers) else sorted(layers)
 
 
 def save_adapter(
@@ -331,7 +400,7 @@ def save_adapter(
     """Write the LoRA weights as adapter_model.safetensors plus adapter_config.json, as PEFT does. [Ch. 4]"""
     layers = _require_lora(model)
     directory = Path(directory)
-    if (directory / ADAPTER_WEIGHTS).exists() and not overwrite:
+    if holds_adapter(directory) and not overwrite:
         raise FileExistsError(
             f"{directory} already holds an adapter; pass overwrite=True to replace it"
         )
@@ -339,7 +408,7 @@ def save_adapter(
         "peft_type": "LORA",
         "task_type": task_type,
         **_adapter_settings(layers),
-        "target_modules": sorted({name.rsplit(".", 1)[-1] for name in layers}),
+        "target_modules": _target_modules(model, layers),
         "base_model_name_or_path": base_model_name_or_path,
         "lora_dropout": 0.0,
         "bias": "none",
@@ -354,11 +423,25 @@ def save_adapter(
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = (
             layer.lora_B.detach().cpu().contiguous()
         )
-    # Stage both files and move them in together, so that an interrupted save leaves the old adapter or the new one.
-    with staged_files(directory, [ADAPTER_WEIGHTS, ADAPTER_CONFIG]) as staging:
+    check_finite(tensors, "the adapter to save")
+    # A complete new folder replaces the old one in one step: a crash leaves old or new.
+    with replaced_folder(directory, ADAPTER_FILES) as staging:
         save_file(tensors, staging / ADAPTER_WEIGHTS, metadata={"format": "pt"})
         (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return directory
+
+
+class NonFiniteError(ValueError):
+    """A tensor or a loss holds NaN or an infinity."""
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise a NonFiniteError naming the first tensor holding NaN or an infinity."""
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise NonFiniteError(
+                f"{what} is broken: {name} holds NaN or infinite values"
+            )
 
 
 def read_adapter_config(directory) -> dict:
@@ -373,7 +456,13 @@ def read_adapter_config(directory) -> dict:
         raise FileNotFoundError(
             f"{directory} is not a complete adapter: missing {', '.join(missing)}"
         )
-    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    path = directory / ADAPTER_CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a {type(config).__name__}, not a JSON object")
     if config.get("peft_type") != "LORA":
         raise ValueError(
             f"{directory / ADAPTER_CONFIG} has peft_type {config.get('peft_type')!r}, expected 'LORA'"
@@ -382,6 +471,25 @@ def read_adapter_config(directory) -> dict:
     if absent:
         # PEFT would silently fall back to r = 8, lora_alpha = 8; guessing would give wrong outputs.
         raise ValueError(f"{directory / ADAPTER_CONFIG} lacks {', '.join(absent)}")
+    targets = config["target_modules"]
+    if isinstance(targets, list) and not (
+        targets and all(isinstance(t, str) and t for t in targets)
+    ):
+        raise ValueError(
+            f"{path}: target_modules must be non-empty names, got {targets}"
+        )
+    if isinstance(config["r"], float) and config["r"].is_integer():
+        config["r"] = int(config["r"])  # JSON writers may write 8 as 8.0
+    try:
+        check_lora_arguments(
+            config["r"],
+            config["r"],
+            config["r"],
+            config["lora_alpha"],
+            use_rslora=config.get("use_rslora", False),
+        )
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     # Features of PEFT that this from-scratch layer does not implement: loading such an adapter anyway
     # would give a model that silently computes something else.
     unsupported = {
@@ -410,7 +518,7 @@ def load_adapter(model: nn.Module, directory) -> nn.Module:
     r, alpha, rslora = (
         config["r"],
         config["lora_alpha"],
-        bool(config.get("use_rslora", False)),
+        config.get("use_rslora", False),
     )
     layers = lora_layers(model)
     for name, layer in layers.items():
@@ -452,6 +560,7 @@ def load_adapter(model: nn.Module, directory) -> nn.Module:
             raise ValueError(
                 f"the adapter's {part} for {name!r} has shape {tuple(tensors[key].shape)}, but the model needs {shape}"
             )
+    check_finite(tensors, f"the adapter in {directory}")
     if not layers:
         inject_lora(model, config["target_modules"], r, alpha, use_rslora=rslora)
         layers = lora_layers(model)

@@ -1,20 +1,15 @@
-"""The Hugging Face PEFT workflow end to end, and the command-line tool lora-edu-train (Chapter 6).
-
-lora-edu-train --data my_text.txt --output my-adapter
-"""
+"""The Hugging Face PEFT workflow end to end (Chapter 6); lora_edu.cli runs it as lora-edu-train."""
 
 from __future__ import annotations
 
-import argparse
+import glob
+import json
 import math
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from datasets import DatasetDict, load_dataset
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model_state_dict
 from torch import nn
 from transformers import (
     DataCollatorForLanguageModeling,
@@ -24,17 +19,21 @@ from transformers import (
 )
 from transformers.trainer_callback import ProgressCallback
 
-from lora_edu.files import staged_files
-from lora_edu.llama import TINY_LLAMA3, ModelUnavailableError, load_model
-from lora_edu.lora import (
+from lora_edu.files import (
     ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
+    ADAPTER_FILES,
+    deferred_interrupts,
+    read_text,
+    replaced_folder,
+)
+from lora_edu.llama import TINY_LLAMA3, load_model
+from lora_edu.lora import (
+    NonFiniteError,
+    check_finite,
     linear_layer_names,
-    linear_layers_matching,
     matches_target,
 )
-
-ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+from lora_edu.pretrain import DATA_DIR
 
 
 def ensure_pad_token(tokenizer):
@@ -56,14 +55,24 @@ def ensure_pad_token(tokenizer):
 
 def load_text_blocks(data_files: dict, tokenizer, block_size: int) -> DatasetDict:
     """Load plain-text files with datasets, tokenize every line, and pack the tokens into blocks of block_size. [Ch. 6]"""
+    if (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, int)
+        or block_size < 2
+    ):
+        raise ValueError(
+            f"block_size must hold an input and a target: >= 2, got {block_size!r}"
+        )
     for split, path in data_files.items():
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"the {split} data file {path} does not exist")
-        if not path.read_text(encoding="utf-8").strip():
-            raise ValueError(f"the {split} data file {path} is empty")
+        read_text(
+            path, f"the {split} data file"
+        )  # one clear error for a missing, binary or empty file
+    # datasets reads data_files as glob patterns: escape a name holding [ or *.
     raw = load_dataset(
-        "text", data_files={split: str(path) for split, path in data_files.items()}
+        "text",
+        data_files={
+            split: glob.escape(str(path)) for split, path in data_files.items()
+        },
     )
     raw = raw.filter(lambda row: row["text"].strip() != "")
 
@@ -96,7 +105,13 @@ def load_text_blocks(data_files: dict, tokenizer, block_size: int) -> DatasetDic
 
 def check_targets(model: nn.Module, targets: list[str]) -> dict[str, nn.Linear]:
     """The linear layers that targets select; a ValueError names each target that selects none. [Ch. 6]"""
-    selected = linear_layers_matching(model, targets)
+    # isinstance, not linear_layers_matching: PEFT also adapts 4-bit Linear4bit layers.
+    selected = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and any(matches_target(name, t) for t in targets)
+    }
     unknown = [
         t for t in targets if not any(matches_target(name, t) for name in selected)
     ]
@@ -170,10 +185,22 @@ def make_trainer(
     return trainer
 
 
-def save_peft_adapter(model, directory: Path) -> None:
-    """Save a PEFT model's adapter so that both files land together or not at all. [Ch. 6]"""
-    with staged_files(directory, [ADAPTER_WEIGHTS, ADAPTER_CONFIG]) as staging:
+def save_peft_adapter(model, directory: Path, merged_tokenizer=None) -> None:
+    """Save a PEFT model's adapter (and, given a tokenizer, the merged model) as one new folder."""
+    check_finite(get_peft_model_state_dict(model), "the adapter")
+    with replaced_folder(directory, ADAPTER_FILES) as staging:
         model.save_pretrained(staging, safe_serialization=True)
+        (staging / "README.md").unlink(missing_ok=True)  # PEFT's empty model card
+        # PEFT writes target_modules in set order; sorted, equal runs give equal bytes.
+        config = json.loads((staging / ADAPTER_CONFIG).read_text())
+        if isinstance(config["target_modules"], list):
+            config["target_modules"] = sorted(config["target_modules"])
+        (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if merged_tokenizer is not None:
+            # safe_merge: PEFT checks the merged weights for NaN before keeping them.
+            merged = model.merge_and_unload(safe_merge=True)
+            merged.save_pretrained(staging / "merged")  # safetensors only
+            merged_tokenizer.save_pretrained(staging / "merged")
 
 
 class CheckpointAdapter(TrainerCallback):
@@ -183,230 +210,62 @@ class CheckpointAdapter(TrainerCallback):
         self.directory, self.epochs_saved = directory, 0
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        save_peft_adapter(model, self.directory)
-        self.epochs_saved += 1
+        # The save and its count happen together, so an interrupt's report is true.
+        with deferred_interrupts():
+            save_peft_adapter(model, self.directory)
+            self.epochs_saved += 1
 
 
-# --- the command line -------------------------------------------------------------------------
+class NonFiniteLossError(NonFiniteError):
+    """Training produced a NaN or infinite loss."""
 
 
-def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Raise NonFiniteLossError as soon as a logged training loss is NaN or infinite."""
 
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lora-edu-train",
-        description="Fine-tune a causal language model on a plain-text file with LoRA (Hugging Face PEFT), "
-        "and save the adapter in PEFT's format.",
-        epilog="example: lora-edu-train --data notes.txt --output notes-adapter --epochs 3 --merge",
-    )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        required=True,
-        help="a UTF-8 text file; each line is one example",
-    )
-    parser.add_argument(
-        "--eval-data",
-        type=Path,
-        help="an optional text file to report perplexity on, before and after",
-    )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        required=True,
-        help="the directory to write the adapter to",
-    )
-    parser.add_argument(
-        "--model",
-        default=TINY_LLAMA3,
-        help=f"{TINY_LLAMA3!r} (the course's model, the default) or a hub name",
-    )
-    parser.add_argument(
-        "--r", type=_positive(int), default=8, help="the LoRA rank r (default 8)"
-    )
-    parser.add_argument(
-        "--alpha",
-        type=_positive(float),
-        default=16.0,
-        help="the LoRA scale α; ΔW is scaled by α/r (default 16)",
-    )
-    parser.add_argument(
-        "--targets",
-        default=",".join(ATTENTION),
-        help="comma-separated names of the linear layers to adapt (default %(default)s)",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=_positive(float),
-        default=1.0,
-        help="passes over the data (default 1)",
-    )
-    parser.add_argument(
-        "--lr",
-        type=_positive(float),
-        default=2e-3,
-        help="peak learning rate (default 2e-3)",
-    )
-    parser.add_argument(
-        "--block-size",
-        type=_positive(int),
-        default=64,
-        help="tokens per training example (default 64)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=_positive(int),
-        default=8,
-        help="blocks per batch (default 8)",
-    )
-    parser.add_argument(
-        "--accumulation",
-        type=_positive(int),
-        default=2,
-        help="batches per optimizer step (default 2)",
-    )
-    parser.add_argument(
-        "--merge",
-        action="store_true",
-        help="also write the merged model to OUTPUT/merged",
-    )
-    parser.add_argument(
-        "--device",
-        choices=["cpu", "cuda"],
-        default="cpu",
-        help="where to train (default cpu)",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an adapter that OUTPUT already holds",
-    )
-    return parser
-
-
-def _perplexity(trainer: Trainer) -> float:
-    return math.exp(trainer.evaluate()["eval_loss"])
-
-
-def _describe(directory: Path) -> str:
-    return "\n".join(
-        f"  {p.relative_to(directory.parent)}  {p.stat().st_size:,} bytes"
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run lora-edu-train; return its exit status (0 done, 2 bad input, 130 interrupted)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if not targets:
-        parser.error("--targets names no module")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(
-            "--device cuda was asked for, but this machine has no CUDA GPU; use --device cpu"
-        )
-    if (args.output / ADAPTER_CONFIG).exists() and not args.overwrite:
-        parser.error(
-            f"{args.output} already holds an adapter; choose another --output, or pass --overwrite to replace it"
-        )
-    try:
-        model, tokenizer = load_model(args.model)
-        ensure_pad_token(tokenizer)
-        data = {"train": args.data} | (
-            {"validation": args.eval_data} if args.eval_data else {}
-        )
-        blocks = load_text_blocks(data, tokenizer, args.block_size)
-        # A rank above a layer's smaller side adds nothing, and PEFT would accept it silently.
-        smallest = min(
-            min(m.in_features, m.out_features)
-            for m in check_targets(model, targets).values()
-        )
-        if args.r > smallest:
-            raise ValueError(
-                f"--r {args.r} is larger than {smallest}, the smaller side of the smallest target layer"
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss became {loss} at step {state.global_step}"
             )
-    except (ValueError, ModelUnavailableError) as error:
-        parser.error(str(error))
-    config = LoraConfig(
-        r=args.r,
-        lora_alpha=args.alpha,
-        target_modules=targets,
-        lora_dropout=0.05,
-        task_type="CAUSAL_LM",
-    )
-    torch.manual_seed(
-        0
-    )  # PEFT draws each A from PyTorch's global generator; Trainer seeds only later
-    model = get_peft_model(model, config)
-    model.print_trainable_parameters()
-    work = Path(tempfile.mkdtemp(prefix="lora-edu-train-"))
-    checkpoint = CheckpointAdapter(args.output)
-    arguments = training_arguments(
-        work,
-        args.epochs,
-        args.lr,
-        args.batch_size,
-        args.accumulation,
-        args.device == "cpu",
-        evaluate=bool(args.eval_data),
-    )
-    trainer = make_trainer(model, tokenizer, blocks, arguments, callbacks=[checkpoint])
-    try:
-        before = _perplexity(trainer) if args.eval_data else None
-        trainer.train()
-        save_peft_adapter(
-            model, args.output
-        )  # also covers a run whose last epoch was partial
-        after = _perplexity(trainer) if args.eval_data else None
-        if args.merge:
-            merged = model.merge_and_unload()
-            with staged_files(args.output / "merged") as staging:
-                merged.save_pretrained(
-                    staging
-                )  # transformers 5 writes weights only as safetensors
-                tokenizer.save_pretrained(staging)
-    except KeyboardInterrupt:
-        saved = (
-            f"the checkpoint from epoch {checkpoint.epochs_saved}"
-            if checkpoint.epochs_saved
-            else "no new adapter"
-        )
-        print(
-            f"\nInterrupted. {args.output} holds {saved}; no file was left half-written.",
-            file=sys.stderr,
-        )
-        return 130
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    print(
-        f"\nTrained {trainer.state.global_step} steps: training loss {losses[0]:.3f} → {losses[-1]:.3f}"
-    )
-    if args.eval_data:
-        print(f"Perplexity on {args.eval_data}: {before:.2f} → {after:.2f}")
-    print(f"Wrote:\n{_describe(args.output)}")
-    return 0
 
 
-def cli() -> None:
-    """The console entry point of lora-edu-train."""
-    try:
-        sys.exit(main())
-    except (
-        KeyboardInterrupt
-    ):  # before training began: main() handles Ctrl-C during training itself
-        print(
-            "\nInterrupted before training began; nothing was written.", file=sys.stderr
+class TrainingBar(LossProgressBar):
+    """LossProgressBar without the evaluation bars: one bar for the whole run."""
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        pass
+
+
+def load_model_4bit(name: str, device: str = "cpu"):
+    """(model, tokenizer) with 4-bit NF4 linear layers, prepared for QLoRA training. [Ch. 6]"""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if name != TINY_LLAMA3:
+        model, tokenizer = load_model(name, load_in_4bit=True)  # a hub model: a GPU
+    else:
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
         )
-        sys.exit(130)
+        model = AutoModelForCausalLM.from_pretrained(
+            DATA_DIR,
+            dtype=torch.float32,
+            quantization_config=quantization,
+            device_map={"": 0} if device == "cuda" else "cpu",
+        )
+        tokenizer = load_model()[1]
+    return prepare_model_for_kbit_training(model), tokenizer
+
+
+def tokenizer_coverage(tokenizer, text: str) -> tuple[int, int, int]:
+    """(words, tokens, single-byte tokens) of text: how well the tokenizer knows it."""
+    ids = tokenizer(text.splitlines(), add_special_tokens=False)["input_ids"]
+    pieces = [piece for row in ids for piece in tokenizer.convert_ids_to_tokens(row)]
+    # A byte-level BPE shows a lone byte as one character; SentencePiece as <0x41>.
+    single = sum(len(p) == 1 or (p.startswith("<0x") and len(p) == 6) for p in pieces)
+    return len(text.split()), len(pieces), single

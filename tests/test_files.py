@@ -1,72 +1,128 @@
-"""lora_edu.files: a set of files lands together, or not at all, even when Ctrl-C arrives."""
+"""lora_edu.files: a folder is replaced whole or not at all, one writer holds it at a time."""
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
 from lora_edu import files
 
+ALLOWED = ["a", "b", "sub"]
 
-def test_deferred_interrupts_holds_ctrl_c_until_the_block_ends():
+
+def make(folder, **contents):
+    folder.mkdir()
+    for name, text in contents.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_deferred_interrupts_holds_sigint_and_sigterm_until_the_block_ends():
     finished = []
     with pytest.raises(KeyboardInterrupt), files.deferred_interrupts():
         os.kill(os.getpid(), signal.SIGINT)
         finished.append("the rest of the block ran")
     assert finished == ["the rest of the block ran"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-
-def test_staged_files_move_in_together(tmp_path):
-    target = tmp_path / "out"
-    with files.staged_files(target, ["a", "b"]) as staging:
-        (staging / "a").write_text("new a")
-        (staging / "b").write_text("new b")
-    assert sorted(p.name for p in target.iterdir()) == ["a", "b"]
-    assert [p.name for p in tmp_path.iterdir()] == ["out"], (
-        "the staging folder must be gone"
+    # SIGTERM keeps its own default: after the block, the process ends as it would have.
+    script = (
+        "import os, signal\nfrom lora_edu import files\n"
+        "with files.deferred_interrupts():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print('block finished', flush=True)\n"
+        "print('never reached')\n"
     )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == -signal.SIGTERM
+    assert done.stdout == "block finished\n"
 
 
-def test_a_failure_before_the_move_changes_nothing(tmp_path):
-    target = tmp_path / "out"
-    target.mkdir()
-    (target / "a").write_text("old a")
-    (target / "notes.txt").write_text("the user's own file")
-    with pytest.raises(RuntimeError), files.staged_files(target, ["a", "b"]) as staging:
+def test_a_new_folder_replaces_the_old_one_whole(tmp_path):
+    target = make(tmp_path / "out", a="old a", b="old b")
+    with files.replaced_folder(target, ALLOWED) as staging:
+        (staging / "a").write_text("new a")
+    assert [p.name for p in target.iterdir()] == ["a"], "b was not in the new folder"
+    assert (target / "a").read_text() == "new a"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"], "no staging folder is left"
+
+
+def test_a_folder_that_does_not_exist_yet_is_created(tmp_path):
+    with files.replaced_folder(tmp_path / "deep" / "out", ALLOWED) as staging:
+        (staging / "a").write_text("new a")
+    assert (tmp_path / "deep" / "out" / "a").read_text() == "new a"
+
+
+def test_a_failure_before_the_swap_changes_nothing(tmp_path):
+    target = make(tmp_path / "out", a="old a")
+    with pytest.raises(RuntimeError), files.replaced_folder(target, ALLOWED) as staging:
         (staging / "a").write_text("new a")
         raise RuntimeError("the save failed half way")
-    assert (target / "a").read_text() == "old a" and (target / "notes.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (target / "a").read_text() == "old a"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_a_missing_staged_file_is_an_error_and_moves_nothing(tmp_path):
+def test_a_folder_with_other_files_is_not_replaced(tmp_path):
+    target = make(tmp_path / "out", a="old a", notes="the user's own file")
     with (
-        pytest.raises(FileNotFoundError, match="did not produce b"),
-        files.staged_files(tmp_path / "out", ["a", "b"]) as staging,
+        pytest.raises(FileExistsError, match=r"not ours: \['notes'\]"),
+        files.replaced_folder(target, ALLOWED),
     ):
-        (staging / "a").write_text("new a")
-    assert not (tmp_path / "out").exists()
+        pass
+    assert (target / "notes").exists()
 
 
-def test_ctrl_c_during_the_move_still_moves_every_file(tmp_path, monkeypatch):
+def test_without_an_atomic_exchange_the_fallback_still_swaps(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    target = make(tmp_path / "out", a="old a")
+    with files.replaced_folder(target, ALLOWED) as staging:
+        (staging / "b").write_text("new b")
+    assert [p.name for p in target.iterdir()] == ["b"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_clean_leftovers_restores_a_folder_set_aside_and_removes_staging(tmp_path):
     target = tmp_path / "out"
-    target.mkdir()
-    for name in "ab":
-        (target / name).write_text(f"old {name}")
-    real_replace = os.replace
+    make(
+        tmp_path / ".out.new-x1-old", a="old a"
+    )  # killed between the fallback's renames
+    make(tmp_path / ".out.new-x1", a="new a")
+    make(tmp_path / ".other.new-x2")  # another output's: not ours to touch
+    files.clean_leftovers(target)
+    assert (target / "a").read_text() == "old a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.new-x2", "out"]
 
-    def replace_then_interrupt(source, destination):
-        real_replace(source, destination)
-        os.kill(
-            os.getpid(), signal.SIGINT
-        )  # Ctrl-C right after the first file has moved
 
-    monkeypatch.setattr(files.os, "replace", replace_then_interrupt)
+def test_a_locked_folder_names_the_process_holding_it(tmp_path):
+    target = tmp_path / "out"
     with (
-        pytest.raises(KeyboardInterrupt),
-        files.staged_files(target, ["a", "b"]) as staging,
+        files.locked(target),
+        pytest.raises(files.FolderInUseError, match=f"PID {os.getpid()}"),
+        files.locked(target),
     ):
-        for name in "ab":
-            (staging / name).write_text(f"new {name}")
-    assert [(target / n).read_text() for n in "ab"] == ["new a", "new b"]
+        pass
+    with files.locked(target):  # released when the block ends
+        pass
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        ("folder", "is a folder, not a text file"),
+        (b"\0\0\0\0", "is not a text file: it holds NUL bytes"),
+        ("caf\xe9".encode("latin-1"), "is not UTF-8: byte 3 is 0xe9"),
+        (b"\n  \n", "is empty"),
+    ],
+)
+def test_read_text_names_the_file_and_the_problem(tmp_path, content, message):
+    path = tmp_path / "data [1].txt"
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"the data file .*data \[1\]\.txt " + message):
+        files.read_text(path, "the data file")

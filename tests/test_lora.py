@@ -145,7 +145,13 @@ def test_from_linear_shares_weights_and_keeps_dtype_and_device():
     linear = nn.Linear(12, 8, dtype=torch.bfloat16)
     layer = LoRALinear.from_linear(linear, r=2, lora_alpha=4)
     assert layer.weight is linear.weight and layer.bias is linear.bias
-    assert layer.lora_A.dtype == layer.lora_B.dtype == torch.bfloat16
+    # As PEFT: a 16-bit base gets float32 adapters, unless asked otherwise.
+    assert layer.lora_A.dtype == layer.lora_B.dtype == torch.float32
+    assert layer(torch.ones(3, 12, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    same = LoRALinear.from_linear(linear, r=2, lora_alpha=4, adapter_dtype=None)
+    assert same.lora_A.dtype == same.lora_B.dtype == torch.bfloat16
+    wide = LoRALinear.from_linear(nn.Linear(12, 8), 2, 4, adapter_dtype=torch.float64)
+    assert wide.lora_A.dtype == torch.float64 and wide.weight.dtype == torch.float32
     assert not layer.weight.requires_grad and layer.lora_A.requires_grad
     no_bias = LoRALinear.from_linear(nn.Linear(12, 8, bias=False), r=2, lora_alpha=4)
     assert no_bias.bias is None
@@ -190,10 +196,22 @@ def test_r_cannot_exceed_the_smaller_dimension():
         LoRALinear(32, 8, r=9, lora_alpha=4)
 
 
-@pytest.mark.parametrize("alpha", [0, -1.0, float("nan"), True])
-def test_lora_alpha_must_be_positive(alpha):
-    with pytest.raises(ValueError, match=r"lora_alpha must be a number > 0, got"):
+@pytest.mark.parametrize("alpha", [0, -1.0, float("nan"), True, math.inf, -math.inf])
+def test_lora_alpha_must_be_positive_and_finite(alpha):
+    with pytest.raises(ValueError, match=r"lora_alpha must be a finite number > 0"):
         LoRALinear(16, 16, r=4, lora_alpha=alpha)
+
+
+@pytest.mark.parametrize("dropout", [float("nan"), math.inf])
+def test_non_finite_dropout_is_rejected(dropout):
+    with pytest.raises(ValueError, match="lora_dropout must be in"):
+        lora.check_lora_arguments(16, 16, 4, 8, lora_dropout=dropout)
+
+
+@pytest.mark.parametrize("flag", ["false", 0, None])
+def test_use_rslora_must_be_a_bool(flag):
+    with pytest.raises(ValueError, match="use_rslora must be True or False"):
+        LoRALinear(16, 16, r=4, lora_alpha=8, use_rslora=flag)
 
 
 def test_bad_dropout_and_init_are_rejected():
@@ -534,3 +552,201 @@ def test_unexpected_tensors_are_reported(base, tmp_path):
         match=r"1 tensors for no LoRA layer \['base_model.model.lm_head.lora_A.weight'\]",
     ):
         load_adapter(base, directory)
+
+
+# --- issue 9: all or nothing, non-finite numbers, merge safety -----------------------------
+
+
+def state(model):
+    """What a failed call must leave untouched: the modules' types and requires_grad."""
+    return [(n, type(m).__name__) for n, m in model.named_modules()], [
+        (n, p.requires_grad) for n, p in model.named_parameters()
+    ]
+
+
+def test_a_refused_injection_changes_nothing_and_a_retry_works(base):
+    before = state(base)
+    # r = 40 fits q_proj (64 × 64) but not v_proj (32 × 64): refused before any change.
+    with pytest.raises(
+        ValueError, match=r"target module '.*v_proj': r must be at most"
+    ):
+        inject_lora(base, ["q_proj", "v_proj"], r=40, lora_alpha=8)
+    assert state(base) == before
+    inject_lora(base, ["q_proj", "v_proj"], r=4, lora_alpha=8)
+    assert len(lora.lora_layers(base)) == 4
+
+
+def test_merging_a_non_finite_update_is_refused_and_changes_nothing(base):
+    model = randomize_lora(inject_lora(base, TARGETS, r=4, lora_alpha=8))
+    layers = lora.lora_layers(model)
+    last = list(layers.values())[-1]
+    with torch.no_grad():
+        last.lora_B[0, 0] = float("nan")
+    weights = {name: layer.weight.clone() for name, layer in layers.items()}
+    with pytest.raises(ValueError, match="NaN or infinite values"):
+        lora.merge_lora(model)
+    with pytest.raises(ValueError, match="NaN or infinite values"):
+        last.merge()
+    for name, layer in layers.items():
+        assert not layer.merged and torch.equal(layer.weight, weights[name]), name
+
+
+def test_a_merged_layer_refuses_state_dict_so_delta_w_is_never_applied_twice():
+    layer = LoRALinear(8, 8, r=2, lora_alpha=4)
+    with torch.no_grad():
+        layer.lora_B.fill_(0.5)
+    x = torch.randn(3, 8)
+    expected = layer(x)
+    layer.merge()
+    with pytest.raises(RuntimeError, match="is merged: unmerge it first"):
+        layer.state_dict()
+    fresh = LoRALinear(8, 8, r=2, lora_alpha=4)
+    fresh.merge()
+    with pytest.raises(RuntimeError, match="is merged: unmerge it first"):
+        fresh.load_state_dict(LoRALinear(8, 8, r=2, lora_alpha=4).state_dict())
+    layer.unmerge()
+    fresh.unmerge()
+    fresh.load_state_dict(layer.state_dict())
+    assert torch.allclose(fresh(x), expected, atol=1e-6)
+
+
+def test_editing_b_while_merged_does_not_corrupt_the_weight_on_unmerge():
+    layer = LoRALinear(8, 8, r=2, lora_alpha=4)
+    with torch.no_grad():
+        layer.lora_B.fill_(0.5)
+    original = layer.weight.clone()
+    layer.merge()
+    with torch.no_grad():
+        layer.lora_B.fill_(3.0)  # e.g. an adapter loaded or trained while merged
+    layer.unmerge()
+    assert (layer.weight - original).abs().max() <= 1e-6
+
+
+def test_merging_into_a_weight_tied_to_the_embeddings_is_refused():
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    embeddings = model.model.embed_tokens.weight.clone()
+    randomize_lora(inject_lora(model, ["lm_head"], r=2, lora_alpha=4))
+    with pytest.raises(
+        ValueError, match=r"lm_head's weight is shared with \['model.embed_tokens'\]"
+    ):
+        lora.merge_lora(model)
+    assert torch.equal(model.model.embed_tokens.weight, embeddings)
+
+
+def test_adapter_dtype_float32_on_a_bfloat16_base_matches_peft(tokens):
+    bf16 = tiny_llama().to(torch.bfloat16)
+    ours = randomize_lora(inject_lora(copy.deepcopy(bf16), TARGETS, r=4, lora_alpha=8))
+    layer = next(iter(lora.lora_layers(ours).values()))
+    assert layer.weight.dtype == torch.bfloat16 and layer.lora_A.dtype == torch.float32
+    twin = peft_twin(bf16, ours)
+    module = twin.get_submodule("base_model.model.model.layers.0.self_attn.q_proj")
+    assert module.lora_A["default"].weight.dtype == torch.float32  # PEFT's choice too
+    assert torch.equal(logits(ours, tokens), logits(twin, tokens))
+
+
+# --- issue 9: adapters on disk always load, with both loaders ------------------------------
+
+
+def test_full_path_targets_and_numpy_numbers_round_trip_with_both_loaders(
+    base, tokens, tmp_path
+):
+    import numpy as np
+
+    targets = ["layers.0.self_attn.q_proj", "layers.1.self_attn.v_proj"]
+    model = inject_lora(
+        copy.deepcopy(base), targets, r=np.int64(4), lora_alpha=np.float32(8)
+    )
+    randomize_lora(model)
+    save_adapter(model, tmp_path / "adapter", base_model_name_or_path="tiny")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["model." + t for t in targets]
+    assert (config["r"], config["lora_alpha"]) == (4, 8.0)
+    ours = load_adapter(copy.deepcopy(base), tmp_path / "adapter")
+    theirs = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "adapter")
+    assert torch.equal(logits(ours, tokens), logits(model, tokens))
+    assert torch.allclose(logits(theirs, tokens), logits(model, tokens), atol=1e-5)
+
+
+def test_short_target_names_are_written_sorted_and_bytes_repeat(base, tmp_path):
+    model = randomize_lora(inject_lora(base, ["v_proj", "q_proj", "o_proj"], 4, 8))
+    save_adapter(model, tmp_path / "one")
+    save_adapter(model, tmp_path / "two")
+    config = json.loads((tmp_path / "one" / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["o_proj", "q_proj", "v_proj"]
+    for name in ["adapter_config.json", "adapter_model.safetensors"]:
+        assert (tmp_path / "one" / name).read_bytes() == (
+            tmp_path / "two" / name
+        ).read_bytes()
+
+
+def test_a_non_finite_adapter_is_neither_saved_nor_loaded(base, tmp_path):
+    model = randomize_lora(inject_lora(copy.deepcopy(base), TARGETS, 4, 8))
+    save_adapter(model, tmp_path / "adapter")
+    before = (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes()
+    with torch.no_grad():
+        next(iter(lora.lora_layers(model).values())).lora_A[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="holds NaN or infinite values"):
+        save_adapter(model, tmp_path / "adapter", overwrite=True)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes() == before
+    tensors = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    key = next(iter(tensors))
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, tmp_path / "adapter" / "adapter_model.safetensors")
+    fresh = copy.deepcopy(base)
+    before_state = state(fresh)
+    with pytest.raises(ValueError, match=rf"{key} holds NaN"):
+        load_adapter(fresh, tmp_path / "adapter")
+    assert state(fresh) == before_state
+
+
+@pytest.mark.parametrize(
+    "present", ["adapter_config.json", "adapter_model.safetensors"]
+)
+def test_half_an_adapter_is_still_an_adapter(base, tmp_path, present):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / present).write_text("someone's file")
+    with pytest.raises(FileExistsError, match="already holds an adapter"):
+        save_adapter(inject_lora(base, TARGETS, 4, 8), tmp_path / "adapter")
+    assert (tmp_path / "adapter" / present).read_text() == "someone's file"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: [c], "holds a list, not a JSON object"),
+        (lambda c: {**c, "lora_alpha": math.inf}, "lora_alpha must be a finite number"),
+        (lambda c: {**c, "lora_alpha": math.nan}, "lora_alpha must be a finite number"),
+        (lambda c: {**c, "r": True}, "r must be a positive integer"),
+        (lambda c: {**c, "use_rslora": "false"}, "use_rslora must be True or False"),
+        (lambda c: {**c, "target_modules": ["q_proj", 3]}, "target_modules must be"),
+        (lambda c: {**c, "target_modules": []}, "target_modules must be"),
+    ],
+)
+def test_a_malformed_config_is_refused_and_leaves_the_model_as_it_was(
+    base, tmp_path, edit, message
+):
+    save_adapter(inject_lora(copy.deepcopy(base), TARGETS, 4, 8), tmp_path / "adapter")
+    path = tmp_path / "adapter" / "adapter_config.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    before = state(base)
+    with pytest.raises(ValueError, match=message):
+        load_adapter(base, tmp_path / "adapter")
+    assert state(base) == before
+
+
+def test_a_config_that_is_not_json_names_the_file(base, tmp_path):
+    save_adapter(inject_lora(copy.deepcopy(base), TARGETS, 4, 8), tmp_path / "adapter")
+    (tmp_path / "adapter" / "adapter_config.json").write_bytes(b"{\xff")
+    with pytest.raises(ValueError, match=r"adapter_config\.json is not valid JSON"):
+        load_adapter(base, tmp_path / "adapter")

@@ -1,0 +1,540 @@
+"""The command-line tools lora-edu-train and lora-edu-generate (Chapter 6).
+
+    lora-edu-train --data my_text.txt --output my-adapter
+    lora-edu-generate --adapter my-adapter --prompt "On Monday, Oslo" --compare
+
+Both parse and check their arguments, and the files those name, before they import
+torch, transformers or peft: --help and mistakes answer at once, and nothing expensive
+starts on input that would fail later. An error is one line and exit status 2; an
+interrupt (Ctrl-C or SIGTERM) is one line and exit status 130 or 143.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from lora_edu.files import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILES,
+    FolderInUseError,
+    clean_leftovers,
+    deferred_interrupts,
+    holds_adapter,
+    locked,
+    read_text,
+    staging_prefix,
+)
+
+TINY = "tiny-llama3"  # lora_edu.llama.TINY_LLAMA3; spelt out so --help needs no torch
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class UsageError(ValueError):
+    """Bad input: reported as one line and exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: no usage text before them."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind, minimum):
+    """An argparse type: a finite number of `kind`, >= minimum (> 0 if minimum is 0)."""
+
+    def parse(text: str):
+        value = kind(
+            text
+        )  # int("inf") and float("x") raise ValueError: argparse reports
+        if not math.isfinite(value) or not (
+            value > 0 if minimum == 0 else value >= minimum
+        ):
+            bound = "> 0" if minimum == 0 else f">= {minimum}"
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {bound}, got {text}"
+            )
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def train_parser() -> Parser:
+    """The arguments of lora-edu-train."""
+    parser = Parser(
+        prog="lora-edu-train",
+        description="Fine-tune a causal language model on a plain-text file with LoRA "
+        "(Hugging Face PEFT), and save the adapter in PEFT's format.",
+        epilog="example: lora-edu-train --data notes.txt --output notes-adapter",
+    )
+    add, count, number = parser.add_argument, _number(int, 0), _number(float, 0)
+    add("--data", type=Path, required=True, help="a UTF-8 text file; a line an example")
+    add(
+        "--eval-data",
+        type=Path,
+        help="a text file to report perplexity on, before and after",
+    )
+    add(
+        "--output",
+        type=Path,
+        required=True,
+        help="the directory to write the adapter to",
+    )
+    add(
+        "--model",
+        default=TINY,
+        help=f"{TINY!r} (the course's model, the default) or a hub name",
+    )
+    add("--r", type=count, default=8, help="the LoRA rank r (default 8)")
+    add(
+        "--alpha",
+        type=number,
+        default=16.0,
+        help="the LoRA scale α; ΔW is scaled by α/r (default 16)",
+    )
+    add(
+        "--targets",
+        default=",".join(ATTENTION),
+        help="comma-separated linear layers to adapt (default %(default)s)",
+    )
+    add("--epochs", type=number, default=1.0, help="passes over the data (default 1)")
+    add("--lr", type=number, default=2e-3, help="peak learning rate (default 2e-3)")
+    add(
+        "--block-size",
+        type=_number(int, 2),
+        default=64,
+        help="tokens per training example, at least 2 (default 64)",
+    )
+    add("--batch-size", type=count, default=8, help="blocks per batch (default 8)")
+    add(
+        "--accumulation",
+        type=count,
+        default=2,
+        help="batches per optimizer step (default 2)",
+    )
+    add(
+        "--merge",
+        action="store_true",
+        help="also write the merged model to OUTPUT/merged",
+    )
+    add(
+        "--load-in-4bit",
+        action="store_true",
+        help="QLoRA: train on a 4-bit NF4 copy of the model (needs bitsandbytes)",
+    )
+    add(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where to train (default cpu)",
+    )
+    add(
+        "--overwrite",
+        action="store_true",
+        help="replace an adapter that OUTPUT already holds",
+    )
+    add(
+        "--verbose",
+        action="store_true",
+        help="also show the libraries' warnings and progress bars",
+    )
+    return parser
+
+
+def generate_parser() -> Parser:
+    """The arguments of lora-edu-generate."""
+    parser = Parser(
+        prog="lora-edu-generate",
+        description="Continue a prompt with a LoRA adapter, on the base model that the "
+        "adapter's config names.",
+        epilog='example: lora-edu-generate --adapter my-adapter --prompt "On Monday"',
+    )
+    add = parser.add_argument
+    add(
+        "--adapter",
+        type=Path,
+        required=True,
+        help="a folder written by lora-edu-train or PEFT",
+    )
+    add("--prompt", required=True, help="the text to continue")
+    add(
+        "--max-new-tokens",
+        type=_number(int, 0),
+        default=20,
+        help="tokens to generate (default 20)",
+    )
+    add(
+        "--compare", action="store_true", help="also show the base model's continuation"
+    )
+    add(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where to run (default cpu)",
+    )
+    add(
+        "--verbose",
+        action="store_true",
+        help="also show the libraries' warnings and progress bars",
+    )
+    return parser
+
+
+def _quiet_imports(verbose: bool) -> None:
+    """Keep the libraries' warnings, logs and progress bars out of the tool's output."""
+    if verbose:
+        return
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    # Also Python logging, e.g. bitsandbytes' note about optional CPU kernels.
+    logging.disable(logging.WARNING)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            "--device cuda was asked for, but this machine has no CUDA GPU; "
+            "use --device cpu"
+        )
+
+
+def _load_model(name: str, device: str, load_in_4bit: bool = False):
+    """(model, tokenizer); a model that cannot load here is a one-line UsageError."""
+    from lora_edu.llama import ModelUnavailableError, load_model
+
+    try:
+        if load_in_4bit:
+            from lora_edu.peft_workflow import load_model_4bit
+
+            return load_model_4bit(name, device)
+        model, tokenizer = load_model(name)
+    except ModelUnavailableError as error:
+        reason = str(error).splitlines()[0]
+        raise UsageError(
+            f"{reason} Use --model {TINY}, or run on a CUDA GPU with --device cuda"
+        ) from None
+    return model.to(device), tokenizer
+
+
+def _check_train_arguments(args) -> list[str]:
+    """Check all that needs no model; return the target names."""
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if not targets:
+        raise UsageError("--targets names no module")
+    if not args.model.strip():
+        raise UsageError(f"--model is empty; name a model, e.g. --model {TINY}")
+    if args.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError(
+            "--load-in-4bit needs the bitsandbytes package: pip install bitsandbytes"
+        )
+    if args.load_in_4bit and args.merge:
+        raise UsageError(
+            "--merge cannot merge into 4-bit weights; "
+            "merge the adapter into the full-precision model"
+        )
+    for option, path in [("--data", args.data), ("--eval-data", args.eval_data)]:
+        try:
+            if path is not None:
+                read_text(path, f"{option} file")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    output = args.output
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file; name a folder for the adapter")
+    above = next(p for p in output.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise UsageError(f"--output {output} lies under {above}, which is a file")
+    if holds_adapter(output) and not args.overwrite:
+        raise UsageError(
+            f"{output} already holds an adapter; choose another --output, "
+            "or pass --overwrite to replace it"
+        )
+    foreign = (
+        sorted(p.name for p in output.iterdir() if p.name not in ADAPTER_FILES)
+        if output.is_dir()
+        else []
+    )
+    if foreign:
+        raise UsageError(
+            f"--output {output} holds files that are not an adapter "
+            f"({', '.join(foreign)}); choose an empty folder"
+        )
+    return targets
+
+
+def _report_coverage(tokenizer, text: str, model_name: str) -> None:
+    """Print how well the tokenizer knows the text, and what that means for training."""
+    from lora_edu.peft_workflow import tokenizer_coverage
+
+    words, tokens, single_bytes = tokenizer_coverage(tokenizer, text)
+    per_word = tokens / max(words, 1)
+    print(
+        f"Your text: {words:,} words, {tokens:,} tokens ({per_word:.1f} a word; "
+        f"{single_bytes / tokens:.0%} of them single bytes)."
+    )
+    print(
+        f"Guessing uniformly among the model's {len(tokenizer):,} tokens gives "
+        f"loss {math.log(len(tokenizer)):.2f}."
+    )
+    if per_word > 2:
+        print(
+            f"{model_name}'s tokenizer knows few of your words, so a short run barely "
+            "lowers the loss: train for more epochs (e.g. --epochs 20), or on a GPU "
+            "use a model that knows your "
+            "language (--model meta-llama/Meta-Llama-3-8B --device cuda)."
+        )
+
+
+def _interrupted(signum: int, where: str) -> int:
+    print(f"\nInterrupted. {where}", file=sys.stderr)
+    return 128 + signum
+
+
+def _train(args, parser, targets: list[str], work: Path) -> int:
+    """lora-edu-train, once the arguments are checked and the output is locked."""
+    output = args.output
+    before_run = (
+        f"{output} still holds the adapter it held before"
+        if holds_adapter(output)
+        else "no adapter was written"
+    )
+    state = {"wrote": before_run}
+    _quiet_imports(args.verbose)
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import PrinterCallback
+
+    from lora_edu.lora import NonFiniteError
+    from lora_edu.peft_workflow import (
+        CheckpointAdapter,
+        LossProgressBar,
+        StopOnNonFiniteLoss,
+        TrainingBar,
+        check_targets,
+        ensure_pad_token,
+        load_text_blocks,
+        make_trainer,
+        save_peft_adapter,
+        training_arguments,
+    )
+
+    _check_device(args.device)
+    model, tokenizer = _load_model(args.model, args.device, args.load_in_4bit)
+    ensure_pad_token(tokenizer)
+    try:
+        layers = check_targets(model, targets)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    smallest = min(min(m.in_features, m.out_features) for m in layers.values())
+    if args.r > smallest:
+        # A rank above a layer's smaller side adds nothing; PEFT would accept it.
+        raise UsageError(
+            f"--r {args.r} is larger than {smallest}, "
+            "the smaller side of the smallest target layer"
+        )
+    data = {"train": args.data} | (
+        {"validation": args.eval_data} if args.eval_data else {}
+    )
+    try:
+        blocks = load_text_blocks(data, tokenizer, args.block_size)
+    except ValueError as error:
+        raise UsageError(str(error).replace("block_size=", "--block-size ")) from None
+    _report_coverage(tokenizer, read_text(args.data, "--data file"), args.model)
+    config = LoraConfig(
+        r=args.r,
+        lora_alpha=args.alpha,
+        target_modules=targets,
+        lora_dropout=0.05,
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(0)  # PEFT draws each A now; Trainer seeds only later
+    model = get_peft_model(model, config)
+    trainable, total = model.get_nb_trainable_parameters()
+    print(f"Training {trainable:,} of {total:,} parameters ({trainable / total:.2%}).")
+    arguments = training_arguments(
+        work,
+        args.epochs,
+        args.lr,
+        args.batch_size,
+        args.accumulation,
+        args.device == "cpu",
+        evaluate=bool(args.eval_data),
+    )
+    arguments.logging_nan_inf_filter = False  # a NaN loss must be seen, not hidden
+    checkpoint = CheckpointAdapter(output)
+    trainer = make_trainer(
+        model,
+        tokenizer,
+        blocks,
+        arguments,
+        callbacks=[checkpoint, StopOnNonFiniteLoss()],
+    )
+    # With transformers' logs quiet, Trainer prints every log as a dict: keep one bar.
+    for callback in (LossProgressBar, PrinterCallback):
+        trainer.remove_callback(callback)
+    trainer.add_callback(TrainingBar)
+
+    def saved() -> str:
+        n = checkpoint.epochs_saved
+        return f"{output} holds the checkpoint from epoch {n}" if n else state["wrote"]
+
+    try:
+        before = math.exp(trainer.evaluate()["eval_loss"]) if args.eval_data else None
+        trainer.train()
+        with deferred_interrupts():
+            save_peft_adapter(model, output, tokenizer if args.merge else None)
+            state["wrote"] = f"{output} holds the finished adapter"
+            checkpoint.epochs_saved = 0
+        after = math.exp(trainer.evaluate()["eval_loss"]) if args.eval_data else None
+    except KeyboardInterrupt:
+        signum = signal.SIGTERM if _terminated else signal.SIGINT
+        return _interrupted(signum, f"{saved()}; no file was left half-written.")
+    except NonFiniteError as error:
+        print(
+            f"{parser.prog}: training failed: {error}. "
+            f"Try a smaller --lr (now {args.lr:g}). {saved()}.",
+            file=sys.stderr,
+        )
+        return 1
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    print(
+        f"Trained {trainer.state.global_step} steps: "
+        f"training loss {losses[0]:.3f} → {losses[-1]:.3f}"
+    )
+    if args.eval_data:
+        print(f"Perplexity on {args.eval_data}: {before:.2f} → {after:.2f}")
+    files = sorted(p for p in output.rglob("*") if p.is_file())
+    print(
+        "Wrote:",
+        *(
+            f"  {p.relative_to(output.parent)}  {p.stat().st_size:,} bytes"
+            for p in files
+        ),
+        sep="\n",
+    )
+    return 0
+
+
+def train(argv: list[str] | None = None) -> int:
+    """Run lora-edu-train; return its exit status (0 done, 1 training failed)."""
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    try:
+        targets = _check_train_arguments(args)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        with locked(args.output):
+            clean_leftovers(args.output)  # what killed runs left: staging folders
+            # The trainer's scratch folder, beside the output: proves it writable first.
+            work = Path(
+                tempfile.mkdtemp(
+                    prefix=staging_prefix(args.output), dir=args.output.parent
+                )
+            )
+            try:
+                return _train(args, parser, targets, work)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    except (UsageError, FolderInUseError) as error:
+        parser.error(str(error))
+    except OSError as error:  # e.g. a read-only folder, or --output under a file
+        parser.error(
+            f"cannot write --output {args.output}: {error.strerror} ({error.filename})"
+        )
+
+
+def generate(argv: list[str] | None = None) -> int:
+    """Run lora-edu-generate; return its exit status (0 done, 2 bad input)."""
+    parser = generate_parser()
+    args = parser.parse_args(argv)
+    try:
+        if not args.prompt.strip():
+            raise UsageError("--prompt is empty")
+        if not args.adapter.is_dir():
+            raise UsageError(f"--adapter {args.adapter} is not a folder")
+        _quiet_imports(args.verbose)
+        from lora_edu.llama import complete
+        from lora_edu.lora import load_adapter, read_adapter_config
+        from lora_edu.pretrain import DATA_DIR
+
+        try:
+            config = read_adapter_config(args.adapter)
+        except (OSError, ValueError) as error:
+            raise UsageError(str(error)) from None
+        base = config.get("base_model_name_or_path")
+        if not isinstance(base, str) or not base:
+            raise UsageError(
+                f"{args.adapter / ADAPTER_CONFIG} names no base model "
+                "(base_model_name_or_path)"
+            )
+        if base == TINY or Path(base) == DATA_DIR:
+            base = TINY
+        _check_device(args.device)
+        model, tokenizer = _load_model(base, args.device)
+        before = (
+            complete(model, tokenizer, args.prompt, args.max_new_tokens)
+            if args.compare
+            else None
+        )
+        try:
+            load_adapter(model, args.adapter)
+        except (OSError, ValueError) as error:
+            raise UsageError(str(error)) from None
+        after = complete(model.eval(), tokenizer, args.prompt, args.max_new_tokens)
+    except UsageError as error:
+        parser.error(str(error))
+    if args.compare:
+        print(f"base model ({base}):\n  {args.prompt}{before}")
+        print(f"with the adapter ({args.adapter}):\n  {args.prompt}{after}")
+    else:
+        print(f"{args.prompt}{after}")
+    return 0
+
+
+_terminated = False
+
+
+def _on_sigterm(signum, frame):
+    global _terminated
+    _terminated = True
+    raise KeyboardInterrupt  # SIGTERM takes the same careful path as Ctrl-C
+
+
+def _run(main) -> None:
+    """Run a tool with SIGTERM handled like Ctrl-C, also during the slow imports."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # before training: train() reports those during it
+        signum = signal.SIGTERM if _terminated else signal.SIGINT
+        sys.exit(_interrupted(signum, "Nothing was written."))
+
+
+def train_cli() -> None:
+    """The console entry point of lora-edu-train."""
+    _run(train)
+
+
+def generate_cli() -> None:
+    """The console entry point of lora-edu-generate."""
+    _run(generate)

@@ -1,0 +1,533 @@
+"""lora-edu-train and lora-edu-generate under bad input, signals, crashes and concurrent runs."""
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+
+from lora_edu import cli, files, llama, lora, peft_workflow
+from lora_edu.llama import load_model
+from lora_edu.pretrain import weather_reports
+
+TRAIN = "from lora_edu.cli import train_cli; train_cli()"
+GENERATE = "from lora_edu.cli import generate_cli; generate_cli()"
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def weather(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("weather")
+    (directory / "train.txt").write_text("\n".join(weather_reports(200, seed=0)) + "\n")
+    return directory / "train.txt"
+
+
+def quick(data, output, *more):
+    return ["--data", data, "--output", output, "--block-size", "32", "--r", "4", *more]
+
+
+def run(main, args, capsys):
+    """Run a tool in this process; return (exit status, stdout, stderr)."""
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def start(code, args, **env):
+    """Start a tool in a subprocess of its own, as a user's shell would."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env},
+    )
+
+
+def wait_for(process, text, timeout=300):
+    """Read the process's stdout until a line holds `text`; return the lines read."""
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"{text!r} never came: {lines}")
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Make loading a model fail the test: these errors must come before it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(llama, "load_model", refuse)
+    monkeypatch.setattr(peft_workflow, "load_model_4bit", refuse)
+
+
+# --- start-up: --help and argument errors come before the heavy imports --------------------
+
+
+@pytest.mark.parametrize("code", [TRAIN, GENERATE])
+def test_help_answers_in_under_two_seconds_without_importing_torch(code):
+    checked = (
+        f"import sys\ntry:\n    {code}\n"
+        "finally:\n    assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", checked, "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0 and "usage:" in done.stdout
+    assert elapsed < 2, f"--help took {elapsed:.1f} s"
+    bad = subprocess.run(
+        [sys.executable, "-c", code, "--max-new-tokens", "0", "--r", "0"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1, bad.stderr
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--alpha", "inf", "argument --alpha: must be a finite number > 0, got inf"),
+        ("--alpha", "nan", "argument --alpha: must be a finite number > 0, got nan"),
+        ("--lr", "inf", "argument --lr: must be a finite number > 0, got inf"),
+        ("--lr", "0", "argument --lr: must be a finite number > 0, got 0"),
+        ("--epochs", "inf", "argument --epochs: must be a finite number > 0, got inf"),
+        ("--epochs", "nan", "argument --epochs: must be a finite number > 0, got nan"),
+        (
+            "--block-size",
+            "1",
+            "argument --block-size: must be a finite number >= 2, got 1",
+        ),
+        (
+            "--batch-size",
+            "0",
+            "argument --batch-size: must be a finite number > 0, got 0",
+        ),
+        ("--model", "", "--model is empty; name a model, e.g. --model tiny-llama3"),
+        ("--targets", " , ", "--targets names no module"),
+    ],
+)
+def test_bad_numbers_and_names_are_one_line_errors(
+    weather, tmp_path, capsys, no_model, option, value, message
+):
+    status, out, err = run(
+        cli.train, quick(weather, tmp_path / "out", option, value), capsys
+    )
+    assert status == 2 and out == ""
+    assert err == f"lora-edu-train: error: {message}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def bad_files(tmp_path, weather):
+    """(arguments, expected message) for inputs that name a bad file or folder."""
+    (tmp_path / "nul.txt").write_bytes(b"\0" * 100)
+    (tmp_path / "latin1.txt").write_bytes("Zürich".encode("latin-1"))
+    (tmp_path / "a folder").mkdir()
+    (tmp_path / "a file").write_text("not a folder")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("the user's notes")
+    for name in ["adapter_config.json", "adapter_model.safetensors"]:
+        (tmp_path / f"only-{name}").mkdir()
+        (tmp_path / f"only-{name}" / name).write_text("half an adapter")
+    out = tmp_path / "out"
+    return [
+        (
+            quick(tmp_path / "nul.txt", out),
+            "--data file .*nul.txt is not a text file: it holds NUL bytes",
+        ),
+        (
+            quick(tmp_path / "latin1.txt", out),
+            "--data file .*latin1.txt is not UTF-8: byte 1 is 0xfc",
+        ),
+        (
+            quick(tmp_path / "a folder", out),
+            "--data file .*a folder is a folder, not a text file",
+        ),
+        (
+            quick(weather, out, "--eval-data", tmp_path / "gone.txt"),
+            "--eval-data file .*gone.txt does not exist",
+        ),
+        (
+            quick(weather, tmp_path / "a file"),
+            "--output .*a file is a file; name a folder",
+        ),
+        (quick(weather, weather), "--output .*train.txt is a file"),
+        (
+            quick(weather, tmp_path / "a file" / "out"),
+            "--output .*a file/out lies under .*a file, which is a file",
+        ),
+        (
+            quick(weather, tmp_path / "foreign"),
+            r"holds files that are not an adapter \(notes.txt\)",
+        ),
+        (
+            quick(weather, tmp_path / "only-adapter_config.json"),
+            "already holds an adapter; .* --overwrite",
+        ),
+        (
+            quick(weather, tmp_path / "only-adapter_model.safetensors"),
+            "already holds an adapter",
+        ),
+        (
+            quick(weather, out, "--load-in-4bit", "--merge"),
+            "--merge cannot merge into 4-bit weights",
+        ),
+    ]
+
+
+def test_bad_files_are_one_line_errors_before_the_model_loads(
+    weather, tmp_path, capsys, no_model
+):
+    for args, message in bad_files(tmp_path, weather):
+        status, out, err = run(cli.train, args, capsys)
+        assert status == 2 and out == "", args
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert __import__("re").search(message, err), (message, err)
+    assert (tmp_path / "foreign" / "notes.txt").exists()
+    assert not (tmp_path / "out" / "adapter_config.json").exists()
+    assert not any(p.name.startswith(".out.new-") for p in tmp_path.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_a_read_only_output_folder_is_refused_before_training(
+    weather, tmp_path, capsys, no_model
+):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    status, _, err = run(cli.train, quick(weather, tmp_path / "ro" / "out"), capsys)
+    assert status == 2 and "cannot write --output" in err and "Permission denied" in err
+
+
+def test_without_bitsandbytes_load_in_4bit_is_a_one_line_error(
+    weather, tmp_path, capsys, no_model, monkeypatch
+):
+    real = cli.importlib.util.find_spec
+    monkeypatch.setattr(
+        cli.importlib.util,
+        "find_spec",
+        lambda n: None if n == "bitsandbytes" else real(n),
+    )
+    status, _, err = run(
+        cli.train, quick(weather, tmp_path / "o", "--load-in-4bit"), capsys
+    )
+    assert status == 2
+    assert err == (
+        "lora-edu-train: error: --load-in-4bit needs the bitsandbytes package: "
+        "pip install bitsandbytes\n"
+    )
+
+
+def test_a_glob_character_in_the_data_path_is_just_a_character(tmp_path):
+    _, tokenizer = load_model()
+    peft_workflow.ensure_pad_token(tokenizer)
+    path = tmp_path / "notes [draft] *.txt"
+    path.write_text("\n".join(weather_reports(20, seed=0)) + "\n")
+    blocks = peft_workflow.load_text_blocks({"train": path}, tokenizer, 32)
+    assert len(blocks["train"]) > 0
+    with pytest.raises(ValueError, match="block_size must hold an input and a target"):
+        peft_workflow.load_text_blocks({"train": path}, tokenizer, 1)
+
+
+# --- signals: Ctrl-C during the imports, SIGTERM, and a concurrent run ---------------------
+
+
+@pytest.mark.parametrize(
+    ("number", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+)
+def test_a_signal_during_the_imports_is_one_line(weather, tmp_path, number, status):
+    process = start(TRAIN, quick(weather, tmp_path / "out"))
+    time.sleep(1.0)  # importing torch and transformers takes several seconds
+    process.send_signal(number)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == status
+    assert out == "" and err == "\nInterrupted. Nothing was written.\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused_and_sigterm_stops_the_first(
+    weather, tmp_path
+):
+    output = tmp_path / "out"
+    first = start(TRAIN, quick(weather, output, "--epochs", "50"))
+    wait_for(first, "Training")  # the lock is held, the model loaded, training starts
+    second = subprocess.run(
+        [sys.executable, "-c", TRAIN, *map(str, quick(weather, output))],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert second.returncode == 2
+    assert second.stderr == (
+        f"lora-edu-train: error: {output} is in use by another process (PID {first.pid})\n"
+    )
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 143
+    message = err.replace("\r", "\n").splitlines()[-1]
+    # The message says what is there, and what is there is complete: it loads.
+    if "no adapter was written" in message:
+        assert not output.exists()
+    else:
+        assert "holds the checkpoint from epoch" in message, message
+        lora.load_adapter(load_model()[0], output)
+    assert message.endswith("no file was left half-written.")
+    assert (
+        sorted(p.name for p in tmp_path.iterdir())
+        == [".out.lock", "out"][: 1 + output.exists()]
+    )
+
+
+# --- crash safety: SIGKILL at every step of a save -----------------------------------------
+
+SAVER = """
+import sys, time, shutil, os, torch
+from lora_edu import files, lora
+from lora_edu.llama import load_model
+output, pause_at, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+model = lora.inject_lora(load_model()[0], ["q_proj", "v_proj"], r=8, lora_alpha=16)
+for layer in lora.lora_layers(model).values():
+    torch.nn.init.ones_(layer.lora_B)
+calls = []
+def pausing(function, name):
+    def step(*args, **kwargs):
+        calls.append(name)
+        if len(calls) == pause_at:
+            print("paused before", name, flush=True)
+            time.sleep(600)
+        return function(*args, **kwargs)
+    return step
+files._fsync = pausing(files._fsync, "fsync")
+exchange = (lambda a, b: False) if mode == "fallback" else files._exchange
+files._exchange = pausing(exchange, "exchange")
+os.rename = pausing(os.rename, "rename")
+shutil.rmtree = pausing(shutil.rmtree, "rmtree")
+lora.save_adapter(model, output, base_model_name_or_path="tiny-llama3", overwrite=True)
+print("done after", calls, flush=True)
+"""
+
+
+def adapter_rank(directory, base):
+    """The r of the adapter in directory, after loading it with both loaders."""
+    config = json.loads((directory / "adapter_config.json").read_text())
+    lora.load_adapter(
+        copy.deepcopy(base), directory
+    )  # raises unless complete and consistent
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(base), directory)
+    assert peft_model.peft_config["default"].r == config["r"]
+    return config["r"]
+
+
+@pytest.mark.parametrize("mode", ["exchange", "fallback"])
+def test_a_sigkill_at_any_step_of_a_save_leaves_the_old_or_the_new_adapter(
+    tmp_path, mode
+):
+    base = load_model()[0]
+    old = tmp_path / "old"
+    lora.save_adapter(lora.inject_lora(copy.deepcopy(base), ["q_proj"], 4, 8), old)
+    seen = []
+    for pause_at in range(1, 20):
+        output = tmp_path / "adapter"
+        shutil.rmtree(output, ignore_errors=True)
+        shutil.copytree(old, output)
+        process = start(SAVER, [output, pause_at, mode])
+        line = process.stdout.readline()
+        process.kill()  # SIGKILL: no handler runs, as in a power cut
+        process.communicate(timeout=60)
+        if mode == "fallback" and not output.exists():
+            # Killed between the two renames: the next writer restores the old folder.
+            seen.append((line.split()[-1], "absent until restored"))
+            files.clean_leftovers(output)
+            assert adapter_rank(output, base) == 4
+        else:
+            seen.append((line.split()[-1], adapter_rank(output, base)))
+        files.clean_leftovers(output)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "old"]
+        if line.startswith("done"):
+            break
+    print(mode, seen)
+    ranks = [rank for _, rank in seen]
+    assert (
+        ranks[0] == 4
+        and ranks[-1] == 8
+        and set(ranks) <= {4, 8, "absent until restored"}
+    )
+    steps = [step for step, _ in seen]
+    assert ("exchange" in steps) and steps.count("fsync") >= 3, steps
+
+
+# --- training that fails, and output that repeats ------------------------------------------
+
+
+def test_a_diverging_run_fails_loudly_and_keeps_the_previous_adapter(
+    weather, tmp_path, capsys
+):
+    output = tmp_path / "adapter"
+    lora.save_adapter(lora.inject_lora(load_model()[0], ["q_proj"], 4, 8), output)
+    before = (output / "adapter_model.safetensors").read_bytes()
+    status, out, err = run(
+        cli.train, quick(weather, output, "--lr", "1e6", "--overwrite"), capsys
+    )
+    assert status == 1 and "Wrote:" not in out
+    assert (
+        "lora-edu-train: training failed: " in err
+        and "Try a smaller --lr (now 1e+06)" in err
+    )
+    assert f"{output} still holds the adapter it held before." in err
+    assert (output / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_runs_are_quiet_repeatable_and_overwrite_removes_a_stale_merge(
+    weather, tmp_path
+):
+    """Two runs in processes with different hash seeds write the same bytes."""
+    outputs = [tmp_path / "one", tmp_path / "two"]
+    results = []
+    for seed, output, more in [("1", outputs[0], ["--merge"]), ("2", outputs[1], [])]:
+        process = start(TRAIN, quick(weather, output, *more), PYTHONHASHSEED=seed)
+        results.append(process.communicate(timeout=600))
+        assert process.returncode == 0, results[-1][1]
+    for out, err in results:
+        assert "Your text: " in out and "Training 14,336 of" in out
+        # One progress bar, and nothing else from the libraries.
+        lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+        assert lines and all("it/s" in line or "s/it" in line for line in lines), lines
+    for name in ["adapter_config.json", "adapter_model.safetensors"]:
+        assert (outputs[0] / name).read_bytes() == (outputs[1] / name).read_bytes(), (
+            name
+        )
+    assert (outputs[0] / "merged").is_dir()
+    process = start(TRAIN, quick(weather, outputs[0], "--overwrite"))
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    assert sorted(p.name for p in outputs[0].iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ], "the stale merged/ must go"
+    leftovers = [p.name for p in tmp_path.iterdir() if ".new-" in p.name]
+    assert leftovers == []
+
+
+def test_a_killed_runs_leftovers_are_cleaned_by_the_next_run(weather, tmp_path, capsys):
+    output = tmp_path / "out"
+    (tmp_path / ".out.new-killed1").mkdir()
+    (tmp_path / ".out.new-killed1" / "adapter_model.safetensors").write_text("partial")
+    before = set(Path("/tmp").glob("lora-edu-train-*"))
+    status, _, err = run(cli.train, quick(weather, output), capsys)
+    assert status == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]
+    assert set(Path("/tmp").glob("lora-edu-train-*")) <= before, "nothing left in /tmp"
+
+
+# --- QLoRA: --load-in-4bit -----------------------------------------------------------------
+
+
+def test_load_in_4bit_trains_an_adapter_that_loads_on_the_full_precision_base(
+    weather, tmp_path, capsys
+):
+    pytest.importorskip("bitsandbytes")
+    output = tmp_path / "qlora"
+    status, out, err = run(cli.train, quick(weather, output, "--load-in-4bit"), capsys)
+    assert status == 0, err
+    assert "Trained" in out
+    base, tokenizer = load_model()
+    ours = lora.load_adapter(copy.deepcopy(base), output).eval()
+    theirs = PeftModel.from_pretrained(copy.deepcopy(base), output).eval()
+    tokens = tokenizer(["On Monday, Oslo will be"], return_tensors="pt")
+    with torch.no_grad():
+        ours_logits, theirs_logits = ours(**tokens).logits, theirs(**tokens).logits
+        base_logits = base(**tokens).logits
+    assert (ours_logits - theirs_logits).abs().max() <= 1e-5
+    assert (ours_logits - base_logits).abs().max() > 1e-3, (
+        "training changed the adapter"
+    )
+
+
+# --- lora-edu-generate ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def adapter(weather, tmp_path_factory):
+    output = tmp_path_factory.mktemp("generate") / "adapter"
+    assert cli.train([str(a) for a in quick(weather, output, "--epochs", "2")]) == 0
+    return output
+
+
+def test_generate_compares_the_base_model_with_the_adapter(adapter, capsys):
+    prompt = "On Monday, Oslo will be"
+    status, out, err = run(
+        cli.generate, ["--adapter", adapter, "--prompt", prompt, "--compare"], capsys
+    )
+    assert status == 0, err
+    base, tokenizer = load_model()
+    expected_base = llama.complete(base, tokenizer, prompt, 20)
+    expected = llama.complete(lora.load_adapter(base, adapter), tokenizer, prompt, 20)
+    assert out == (
+        f"base model (tiny-llama3):\n  {prompt}{expected_base}\n"
+        f"with the adapter ({adapter}):\n  {prompt}{expected}\n"
+    )
+    status, out, _ = run(
+        cli.generate,
+        ["--adapter", adapter, "--prompt", prompt, "--max-new-tokens", "5"],
+        capsys,
+    )
+    assert (
+        status == 0
+        and out
+        == f"{prompt}{llama.complete(lora.load_adapter(load_model()[0], adapter), tokenizer, prompt, 5)}\n"
+    )
+
+
+def test_generate_answers_bad_input_in_one_line(adapter, tmp_path, capsys):
+    half = tmp_path / "half"
+    half.mkdir()
+    shutil.copy(adapter / "adapter_config.json", half)
+    no_base = tmp_path / "no-base"
+    shutil.copytree(adapter, no_base)
+    config = json.loads((no_base / "adapter_config.json").read_text())
+    (no_base / "adapter_config.json").write_text(
+        json.dumps({**config, "base_model_name_or_path": None})
+    )
+    cases = [
+        (
+            ["--adapter", tmp_path / "missing", "--prompt", "Hi"],
+            "--adapter .*missing is not a folder",
+        ),
+        (["--adapter", adapter, "--prompt", "  "], "--prompt is empty"),
+        (
+            ["--adapter", adapter, "--prompt", "Hi", "--max-new-tokens", "0"],
+            "must be a finite number > 0",
+        ),
+        (
+            ["--adapter", half, "--prompt", "Hi"],
+            "is not a complete adapter: missing adapter_model.safetensors",
+        ),
+        (["--adapter", no_base, "--prompt", "Hi"], "names no base model"),
+    ]
+    for args, message in cases:
+        status, out, err = run(cli.generate, args, capsys)
+        assert status == 2 and out == "" and len(err.splitlines()) == 1, err
+        assert __import__("re").search(message, err), (message, err)
