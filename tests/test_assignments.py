@@ -54,16 +54,26 @@ def test_an_assignment_quotes_its_chapter_exercises_word_for_word(name):
 
 
 def solution_lines(master):
-    """Lines of solution code and of hidden tests, which no student file may contain."""
-    lines = set()
-    for _, _, _, solution, hidden in assignments.questions(master):
+    """Lines of solution code and of hidden tests that nothing a student sees contains."""
+    cells = nbformat.read(master, as_version=4).cells
+    secret, visible = set(), []
+    for _, _, prompt, solution, hidden in assignments.questions(master):
+        visible.append(prompt)
+        inside = "".join(
+            re.findall(r"# BEGIN SOLUTION\n(.*?)# END SOLUTION", solution, re.S)
+        )
         for line in solution.splitlines():
             if "# SOLUTION" in line:
-                lines.add(line.split("=", 1)[1].split("# SOLUTION")[0].strip())
-        inside = re.findall(r"# BEGIN SOLUTION\n(.*?)# END SOLUTION", solution, re.S)
-        lines |= {line.strip() for block in inside for line in block.splitlines()}
-        lines |= {line.strip() for test in hidden for line in test.splitlines()[1:]}
-    return {line for line in lines if len(line) > 3}
+                code = line.split("# SOLUTION")[0].strip()
+                secret.add(code.split(" = ", 1)[-1])
+            elif line not in inside.splitlines():
+                visible.append(line)
+        secret |= {line.strip() for line in inside.splitlines()}
+        secret |= {line.strip() for test in hidden for line in test.splitlines()[1:]}
+    visible += [c.source for c in cells if "# SOLUTION" not in c.source]
+    visible = [c for c in visible if not c.startswith("# HIDDEN")]
+    shown = "\n".join(visible)
+    return {line for line in secret if len(line) >= 8 and line not in shown}
 
 
 @pytest.fixture(scope="module")

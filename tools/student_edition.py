@@ -20,8 +20,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = ROOT / "student" / "notebooks"
-# Pages of the instructors' book that the student edition leaves out.
-INSTRUCTOR_PAGES = {"book/instructors"}
 
 sys.path.insert(0, str(ROOT / "_ext"))
 from jupyter_exercises import is_exercise, parse_exercise, without_solution  # noqa: E402
@@ -64,13 +62,11 @@ def write_notebooks() -> None:
 
 
 def student_toc(toc: dict) -> dict:
-    """The table of contents with chapters taken from student/ and instructor pages left out."""
+    """The table of contents with the chapters taken from student/notebooks/."""
 
     def entries(items):
         kept = []
         for item in items:
-            if item.get("file") in INSTRUCTOR_PAGES:
-                continue
             item = dict(item)
             if item.get("file", "").startswith("notebooks/"):
                 item["file"] = "student/" + item["file"]
