@@ -40,7 +40,10 @@ test: $(VENV)/.installed $(MATHJAX)
 
 # Re-execute every chapter in place after editing it, so its stored outputs are current.
 notebooks: $(VENV)/.installed
-	$(BIN)/jupyter execute --inplace notebooks/*.ipynb
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.record_timing=False --ExecutePreprocessor.timeout=600 \
+		notebooks/*.ipynb
+	$(BIN)/python tools/student_edition.py
 
 # Every chapter run as Colab runs it: Python 3.12, no constraints, lora_edu from git.
 # Downloads about 3 GB from PyPI the first time; not part of `make test`.
