@@ -161,7 +161,8 @@ def copy_adapter_from_peft(model: nn.Module, peft_model, adapter: str = "default
     theirs = {
         name.removeprefix("base_model.model."): module
         for name, module in peft_model.named_modules()
-        if hasattr(module, "lora_A") and adapter in getattr(module, "lora_A", {})
+        if isinstance(getattr(module, "lora_A", None), nn.ModuleDict)
+        and adapter in module.lora_A
     }
     if not ours or set(ours) != set(theirs):
         raise ValueError(
