@@ -323,3 +323,92 @@ def check_perplexity_factor(loss_drop: float, answer: float) -> bool:
         f"e^(−{loss_drop}) = {expected:.4g}, whatever the starting loss.",
         hint,
     )
+
+
+def check_rslora_alpha(r: int, lora_alpha: float, answer: float) -> bool:
+    """Check the α' with α'/r = α/√r at rank r. [Ch. 8, Exercise 8.1]"""
+    r = _check_integer(r, "r")
+    expected = lora_alpha * math.sqrt(r)
+    if math.isclose(answer, lora_alpha / math.sqrt(r), rel_tol=1e-6):
+        hint = "You divided by √r. Set α'/r equal to α/√r and solve for α'."
+    elif math.isclose(answer, lora_alpha * r, rel_tol=1e-6):
+        hint = "That multiplies by r. rsLoRA divides by √r, not by 1."
+    else:
+        hint = "Set α'/r equal to α/√r and solve for α'."
+    return _report(
+        math.isclose(answer, expected, rel_tol=1e-6),
+        f"α' = α·√r = {expected:g}: the same scaling, {lora_alpha / math.sqrt(r):g}.",
+        hint,
+    )
+
+
+def check_pissa_energy(weight, r: int, answer: float) -> bool:
+    """Check the share of ‖W‖²_F in W's top r directions, to 1e-4. [Ch. 8, Ex. 8.2]"""
+    r = _check_integer(r, "r")
+    s = torch.linalg.svdvals(torch.as_tensor(weight).double())
+    expected = float(s[:r].square().sum() / s.square().sum())
+    if math.isclose(answer, float(s[:r].sum() / s.sum()), abs_tol=1e-4):
+        hint = "You summed singular values. ‖W‖²_F is the sum of their squares."
+    elif math.isclose(answer, 1 - expected, abs_tol=1e-4):
+        hint = "That is the residual's share. PiSSA trains the top r directions."
+    else:
+        hint = "‖W‖²_F = σ₁² + σ₂² + …; the adapter holds the first r terms."
+    return _report(
+        math.isclose(answer, expected, abs_tol=1e-4),
+        f"The top {r} directions hold {expected:.2%} of ‖W‖²_F.",
+        hint,
+    )
+
+
+def check_dora_parameter_count(config, target_modules, r: int, answer: int) -> bool:
+    """Check a DoRA trainable-parameter count for a config. [Ch. 8, Exercise 8.3]"""
+    # Imported here, so that the early chapters do not pay for loading transformers.
+    from transformers import AutoModelForCausalLM
+
+    from lora_edu.lora import count_parameters
+    from lora_edu.variants import inject_dora
+
+    answer = _check_integer(answer, "answer")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    inject_dora(model, list(target_modules), r=r, lora_alpha=r)
+    expected, _ = count_parameters(model)
+    magnitudes = sum(
+        p.numel() for n, p in model.named_parameters() if n.endswith("magnitude")
+    )
+    hint = "LoRA's r(d_in + d_out) per layer, plus one magnitude per output row."
+    if answer == expected - magnitudes:
+        hint = "That is LoRA's count. DoRA also trains m: one number per output row."
+    elif answer == magnitudes:
+        hint = "That is only the magnitudes. Add LoRA's A and B."
+    return _report(answer == expected, f"DoRA trains {expected:,} parameters.", hint)
+
+
+def check_pissa_to_lora(convert) -> bool:
+    """Check convert(A, B, A0, B0) → (A', B') with B'A' = BA − B₀A₀. [Ch. 8, Ex. 8.4]"""
+    generator = torch.Generator().manual_seed(0)
+    A, A0 = (torch.randn(3, 7, generator=generator) for _ in range(2))
+    B, B0 = (torch.randn(5, 3, generator=generator) for _ in range(2))
+    try:
+        A2, B2 = convert(A, B, A0, B0)
+    except (RuntimeError, TypeError, ValueError) as error:
+        return _report(
+            False, "", f"It raised {error}. Stack A over A₀ and B beside B₀."
+        )
+    if tuple(A2.shape) != (6, 7) or tuple(B2.shape) != (5, 6):
+        return _report(
+            False,
+            "",
+            f"A' should be 2r×in = (6, 7) and B' out×2r = (5, 6); got "
+            f"{tuple(A2.shape)} and {tuple(B2.shape)}.",
+        )
+    product = B2 @ A2
+    if torch.allclose(product, B @ A + B0 @ A0, atol=1e-5):
+        hint = "B'A' = BA + B₀A₀: the sign of the starting point must be minus."
+    else:
+        hint = "A product of block matrices is a sum of products: use that."
+    return _report(
+        torch.allclose(product, B @ A - B0 @ A0, atol=1e-5),
+        "B'A' = BA − B₀A₀: a plain LoRA of rank 2r on the original W.",
+        hint,
+    )
