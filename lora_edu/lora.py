@@ -33,7 +33,7 @@ def check_lora_arguments(
     init="kaiming",
     use_rslora=False,
 ) -> None:
-    """Raise a ValueError naming the first bad LoRA argument for an out×in layer. [Ch. 4]"""
+    """Raise a ValueError naming the first bad LoRA argument for a layer. [Ch. 4]"""
     if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r <= 0:
         raise ValueError(f"r must be a positive integer, got {r!r}")
     if r > min(in_features, out_features):
@@ -86,7 +86,7 @@ class LoRALinear(nn.Linear):
         )
         # rsLoRA divides by √r instead of r, so that the update does not shrink as r grows.
         self.scaling = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
-        # A and B may have a wider dtype than W₀: a bfloat16 base trains in float32 updates.
+        # A and B may be wider than W₀: a bfloat16 base can train float32 updates.
         adapter_dtype = adapter_dtype or dtype
         self.lora_A = nn.Parameter(
             torch.empty(r, in_features, device=device, dtype=adapter_dtype)
@@ -141,21 +141,21 @@ class LoRALinear(nn.Linear):
         delta = self.delta_weight()
         if not torch.isfinite(delta).all():
             # As PEFT's safe_merge: a NaN in ΔW would spread into W₀ for good.
-            raise ValueError("ΔW holds NaN or infinite values; the weight is unchanged")
+            raise ValueError("ΔW holds NaN or infinity; the weight is unchanged")
         self.weight += delta.to(self.weight.dtype)
         self.merged_factors = (self.lora_A.clone(), self.lora_B.clone())
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract the ΔW that merge added, even if A or B changed since; else nothing."""
+        """Subtract the ΔW that merge added, even if A or B changed since."""
         if self.merged:
             A, B = self.merged_factors
             self.weight -= ((B @ A) * self.scaling).to(self.weight.dtype)
             self.merged, self.merged_factors = False, None
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        # A merged weight already holds ΔW: a fresh layer loading it would add ΔW twice.
+        # A merged weight holds ΔW: a fresh layer loading it would add ΔW twice.
         if self.merged:
             raise RuntimeError(f"{prefix or 'the layer'} is merged: unmerge it first")
         nn.Linear._save_to_state_dict(self, destination, prefix, keep_vars)
@@ -170,7 +170,7 @@ class LoRALinear(nn.Linear):
     def from_linear(
         cls, linear: nn.Linear, r: int, lora_alpha: float, **options
     ) -> LoRALinear:
-        """Wrap an nn.Linear, sharing its weight and bias; fp16/bf16 bases get fp32 A and B."""
+        """Wrap an nn.Linear, sharing weight and bias; 16-bit bases get fp32 A and B."""
         if not isinstance(linear, nn.Linear) or isinstance(linear, LoRALinear):
             raise TypeError(
                 f"linear must be a plain nn.Linear, got {type(linear).__name__}"
@@ -275,7 +275,7 @@ def inject_lora(
             f"the model's nn.Linear layers are named {linear_layer_names(model)}"
         )
     names = sorted({n for ns in matched.values() for n in ns})
-    # Check every target before changing anything, so that an error leaves the model as it was.
+    # Check every target before changing anything: an error leaves the model as it was.
     for name in names:
         module = model.get_submodule(name)
         if type(module) is not nn.Linear:
@@ -307,7 +307,7 @@ def _require_lora(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Merge every LoRA layer's update into its weight, or none if any cannot be. [Ch. 4]"""
+    """Merge every LoRA layer's update into its weight, or none. [Ch. 4]"""
     layers = _require_lora(model)
     owners = {}
     for name, module in model.named_modules(remove_duplicate=False):
@@ -380,7 +380,7 @@ def _adapter_settings(layers: dict[str, LoRALinear]) -> dict:
 
 
 def _target_modules(model: nn.Module, layers: dict[str, LoRALinear]) -> list[str]:
-    """Short names such as 'q_proj' if they select exactly these layers, else full paths."""
+    """Short names ('q_proj') if they select exactly these layers, else full paths."""
     short = sorted({name.rsplit(".", 1)[-1] for name in layers})
     selected = {
         name

@@ -1,4 +1,4 @@
-"""The Hugging Face PEFT workflow end to end (Chapter 6); lora_edu.cli runs it as lora-edu-train."""
+"""The Hugging Face PEFT workflow end to end (Chapter 6); lora_edu.cli runs it."""
 
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def make_trainer(
 
 
 def save_peft_adapter(model, directory: Path, merged_tokenizer=None) -> None:
-    """Save a PEFT model's adapter (and, given a tokenizer, the merged model) as one new folder."""
+    """Save a PEFT adapter (and, given a tokenizer, the merged model) as one folder."""
     check_finite(get_peft_model_state_dict(model), "the adapter")
     with replaced_folder(directory, ADAPTER_FILES) as staging:
         model.save_pretrained(staging, safe_serialization=True)
@@ -239,7 +239,7 @@ class TrainingBar(LossProgressBar):
 
 
 def load_model_4bit(name: str, device: str = "cpu"):
-    """(model, tokenizer) with 4-bit NF4 linear layers, prepared for QLoRA training. [Ch. 6]"""
+    """(model, tokenizer) with 4-bit NF4 linear layers, ready for QLoRA. [Ch. 6]"""
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 

@@ -1,4 +1,4 @@
-"""lora-edu-train and lora-edu-generate under bad input, signals, crashes and concurrent runs."""
+"""lora-edu-train and lora-edu-generate: bad input, signals, crashes, parallel runs."""
 
 import copy
 import json
@@ -79,7 +79,7 @@ def no_model(monkeypatch):
     monkeypatch.setattr(peft_workflow, "load_model_4bit", refuse)
 
 
-# --- start-up: --help and argument errors come before the heavy imports --------------------
+# --- start-up: --help and argument errors come before the heavy imports ---------
 
 
 @pytest.mark.parametrize("code", [TRAIN, GENERATE])
@@ -252,7 +252,7 @@ def test_a_glob_character_in_the_data_path_is_just_a_character(tmp_path):
         peft_workflow.load_text_blocks({"train": path}, tokenizer, 1)
 
 
-# --- signals: Ctrl-C during the imports, SIGTERM, and a concurrent run ---------------------
+# --- signals: Ctrl-C during the imports, SIGTERM, and a concurrent run ----------
 
 
 @pytest.mark.parametrize(
@@ -282,7 +282,8 @@ def test_a_second_run_on_the_same_output_is_refused_and_sigterm_stops_the_first(
     )
     assert second.returncode == 2
     assert second.stderr == (
-        f"lora-edu-train: error: {output} is in use by another process (PID {first.pid})\n"
+        f"lora-edu-train: error: {output} is in use by another process "
+        f"(PID {first.pid})\n"
     )
     first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=120)
@@ -301,7 +302,7 @@ def test_a_second_run_on_the_same_output_is_refused_and_sigterm_stops_the_first(
     )
 
 
-# --- crash safety: SIGKILL at every step of a save -----------------------------------------
+# --- crash safety: SIGKILL at every step of a save ------------------------------
 
 SAVER = """
 import sys, time, shutil, os, torch
@@ -379,7 +380,7 @@ def test_a_sigkill_at_any_step_of_a_save_leaves_the_old_or_the_new_adapter(
     assert ("exchange" in steps) and steps.count("fsync") >= 3, steps
 
 
-# --- training that fails, and output that repeats ------------------------------------------
+# --- training that fails, and output that repeats -------------------------------
 
 
 def test_a_diverging_run_fails_loudly_and_keeps_the_previous_adapter(
@@ -442,7 +443,7 @@ def test_a_killed_runs_leftovers_are_cleaned_by_the_next_run(weather, tmp_path, 
     assert set(Path("/tmp").glob("lora-edu-train-*")) <= before, "nothing left in /tmp"
 
 
-# --- QLoRA: --load-in-4bit -----------------------------------------------------------------
+# --- QLoRA: --load-in-4bit ------------------------------------------------------
 
 
 def test_load_in_4bit_trains_an_adapter_that_loads_on_the_full_precision_base(
@@ -466,7 +467,7 @@ def test_load_in_4bit_trains_an_adapter_that_loads_on_the_full_precision_base(
     )
 
 
-# --- lora-edu-generate ---------------------------------------------------------------------
+# --- lora-edu-generate ----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -494,11 +495,9 @@ def test_generate_compares_the_base_model_with_the_adapter(adapter, capsys):
         ["--adapter", adapter, "--prompt", prompt, "--max-new-tokens", "5"],
         capsys,
     )
-    assert (
-        status == 0
-        and out
-        == f"{prompt}{llama.complete(lora.load_adapter(load_model()[0], adapter), tokenizer, prompt, 5)}\n"
-    )
+    adapted = lora.load_adapter(load_model()[0], adapter)
+    assert status == 0
+    assert out == f"{prompt}{llama.complete(adapted, tokenizer, prompt, 5)}\n"
 
 
 def test_generate_answers_bad_input_in_one_line(adapter, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""lora_edu.files: a folder is replaced whole or not at all, one writer holds it at a time."""
+"""lora_edu.files: a folder is replaced whole or not at all, by one writer at a time."""
 
 import os
 import signal

@@ -278,7 +278,7 @@ def test_ctrl_c_in_the_first_epoch_leaves_no_adapter(
     assert "Traceback" not in err
     assert not (tmp_path / "adapter" / "adapter_config.json").exists()
     assert not (tmp_path / "adapter" / "adapter_model.safetensors").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], (
+    assert [p.name for p in tmp_path.iterdir() if ".new-" in p.name] == [], (
         "no staging folder may be left"
     )
 
