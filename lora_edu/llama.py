@@ -24,7 +24,7 @@ BASE_DTYPE = torch.bfloat16  # the dtype load_model gives the 8B model's weights
 ADAPTER_DTYPE = (
     torch.float32
 )  # LoRA's A and B on a 16-bit base, in PEFT and inject_lora
-# bitsandbytes keeps a float32 copy of both lookup tables, NF4's and the 8-bit map, per layer.
+# bitsandbytes keeps float32 copies of both lookup tables (NF4, 8-bit) in every layer.
 BNB_TABLE_BYTES = 4 * (len(NF4_CODE) + len(DYNAMIC_CODE))
 
 
@@ -128,7 +128,7 @@ def _is_adapter(name: str) -> bool:
 
 
 def quantized_weights(model: nn.Module) -> list[nn.Parameter]:
-    """The weights bitsandbytes stores in 4 bits: every linear layer's but the head's. [Ch. 5]"""
+    """The weights bitsandbytes stores in 4 bits: all linear layers but the head. [Ch. 5]"""
     head = model.get_output_embeddings()
     return [
         module.weight
@@ -140,7 +140,7 @@ def quantized_weights(model: nn.Module) -> list[nn.Parameter]:
 
 
 def nf4_bytes(model: nn.Module) -> int:
-    """Bytes of the quantized layers in bitsandbytes' NF4 with double quantization. [Ch. 5]"""
+    """Bytes of the quantized layers in NF4 with double quantization. [Ch. 5]"""
     return sum(
         nf4_storage_bytes(w.numel(), 64, double_quant=True) + BNB_TABLE_BYTES
         for w in quantized_weights(model)
@@ -148,7 +148,7 @@ def nf4_bytes(model: nn.Module) -> int:
 
 
 def weight_bytes(model: nn.Module, load_in_4bit: bool = False) -> int:
-    """Bytes of the model's base weights as load_model loads them, in bf16 or 4-bit. [Ch. 5]"""
+    """Bytes of the base weights as load_model loads them: bf16 or 4-bit. [Ch. 5]"""
     count = sum(p.numel() for n, p in model.named_parameters() if not _is_adapter(n))
     if not load_in_4bit:
         return BASE_DTYPE.itemsize * count
@@ -157,7 +157,7 @@ def weight_bytes(model: nn.Module, load_in_4bit: bool = False) -> int:
 
 
 def memory_table(model: nn.Module) -> list[dict]:
-    """Bytes of weights, gradients, AdamW states, by method, without activations. [Ch. 5]"""
+    """Bytes of weights, gradients, AdamW states per method, no activations. [Ch. 5]"""
     adapter = sum(p.numel() for n, p in model.named_parameters() if _is_adapter(n))
     if not adapter:
         raise ValueError(

@@ -312,7 +312,7 @@ def load_tiny_in_4bit():
 
 
 def stored_bytes(model) -> int:
-    """Every byte a bitsandbytes model holds: its parameters and each layer's quant state."""
+    """Every byte a bitsandbytes model holds: parameters and each quant state."""
     total = sum(p.nbytes for p in model.parameters())
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
