@@ -128,7 +128,7 @@ def _is_adapter(name: str) -> bool:
 
 
 def quantized_weights(model: nn.Module) -> list[nn.Parameter]:
-    """The weights bitsandbytes stores in 4 bits: all linear layers but the head. [Ch. 5]"""
+    """The weights bitsandbytes stores in 4 bits: linear layers but the head. [Ch. 5]"""
     head = model.get_output_embeddings()
     return [
         module.weight
