@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lora_edu import quant
+from lora_edu import exercises, quant
 from lora_edu.lora import inject_lora
 from lora_edu.pretrain import DATA_DIR
 from lora_edu.quant import (
@@ -403,3 +403,49 @@ def test_qlora_on_a_model_equals_lora_on_the_dequantized_model():
         inject_qlora(quantized, "q_proj", r=2, lora_alpha=4)
     with pytest.raises(ValueError, match=r"no nn\.Linear layer to quantize"):
         quant.quantize_model(quantized)
+
+
+# --- the chapter's exercise checks ---------------------------------------------------------
+
+
+def test_check_nf4_codes(capsys):
+    block = [0.5, -1.2, 0.1, 0.9]
+    assert exercises.check_nf4_codes(block, [12, 0, 8, 14])
+    assert "The codes are [12, 0, 8, 14]" in capsys.readouterr().out
+    # The codes of the unscaled numbers: the hint says to divide first.
+    unscaled = quantize_nf4(torch.tensor(block).clamp(-1, 1), 4).codes.tolist()
+    assert not exercises.check_nf4_codes(block, unscaled)
+    assert "Divide the block" in capsys.readouterr().out
+    assert not exercises.check_nf4_codes(block, [12, 0, 8, 13])
+    assert "1 of your 4 codes differ" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="one code per number"):
+        exercises.check_nf4_codes(block, [12, 0, 8])
+    with pytest.raises(ValueError, match="from 0 to 15"):
+        exercises.check_nf4_codes(block, [12, 0, 8, 16])
+
+
+def test_check_nf4_bits(capsys):
+    assert exercises.check_nf4_bits(64, 4.127)
+    assert exercises.check_nf4_bits(128, 4 + 8 / 128 + 32 / (128 * 256))
+    assert not exercises.check_nf4_bits(128, 4.5)
+    assert not exercises.check_nf4_bits(128, 4 + 32 / 128)
+    assert "without double quantization" in capsys.readouterr().out.splitlines()[-1]
+    assert not exercises.check_nf4_bits(128, 4 + 8 / 128)
+    assert "float32 scale of its own" in capsys.readouterr().out
+
+
+def test_check_kbit_cast_count(capsys):
+    config = LlamaConfig(
+        vocab_size=128256,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+    )
+    embedding = 128256 * 8192
+    assert exercises.check_kbit_cast_count(config, 2 * embedding + 161 * 8192)
+    assert not exercises.check_kbit_cast_count(config, embedding + 161 * 8192)
+    assert "output head is not tied" in capsys.readouterr().out.splitlines()[-1]
+    assert not exercises.check_kbit_cast_count(config, 2 * embedding)
+    assert "RMSNorm" in capsys.readouterr().out
