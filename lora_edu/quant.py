@@ -122,7 +122,8 @@ class NF4Weight:
         return 8 * self.storage_bytes() / self.numel
 
 
-def _check_block_size(block_size) -> None:
+def check_block_size(block_size) -> None:
+    """Raise a ValueError unless block_size is a positive integer. [Ch. 9]"""
     if (
         isinstance(block_size, bool)
         or not isinstance(block_size, numbers.Integral)
@@ -142,7 +143,7 @@ def quantize_nf4(
             f"w must be float32, bfloat16 or float16 (as for bitsandbytes), got "
             f"{w.dtype}"
         )
-    _check_block_size(block_size)
+    check_block_size(block_size)
     if w.numel() == 0:
         raise ValueError("w is empty: there is nothing to quantize")
     bad = int((~torch.isfinite(w)).sum())
@@ -185,7 +186,7 @@ def nf4_storage_bytes(
     numel: int, block_size: int = 64, double_quant: bool = True
 ) -> int:
     """Bytes quantize_nf4 stores for numel weights, computed without them. [Ch. 9]"""
-    _check_block_size(block_size)
+    check_block_size(block_size)
     blocks = math.ceil(numel / block_size)
     if not double_quant:
         return math.ceil(numel / 2) + 4 * blocks
@@ -281,7 +282,7 @@ def quantize_model(
     """Freeze the model; make each nn.Linear not in skip an NF4Linear. [Ch. 9]"""
     if isinstance(skip, str):
         raise TypeError(f"skip must be a list of names, got the string {skip!r}")
-    _check_block_size(block_size)
+    check_block_size(block_size)
     skip = list(skip)
     names = [
         name
