@@ -241,7 +241,7 @@ def check_perplexity(loss: float, answer: float) -> bool:
 
 def check_nf4_codes(block, answer) -> bool:
     """Check hand-computed NF4 codes (0…15) of one block. [Ch. 9, Exercise 9.1]"""
-    from lora_edu.quant import quantize_nf4
+    from lora_edu.quant import NF4_CODE, quantize_nf4
 
     values = torch.as_tensor(block, dtype=torch.float32).flatten()
     answer = [_check_integer(code, "each code") for code in answer]
@@ -250,9 +250,11 @@ def check_nf4_codes(block, answer) -> bool:
     if any(not 0 <= code <= 15 for code in answer):
         raise ValueError(f"NF4 codes run from 0 to 15, got {answer}")
     codes = quantize_nf4(values, block_size=len(values)).codes.tolist()
-    unscaled = quantize_nf4(values / values.abs().max(), block_size=len(values))
+    # The codes of the numbers as they are, not divided by the absmax first.
+    midpoints = (NF4_CODE[1:] + NF4_CODE[:-1]) / 2
+    unscaled = torch.bucketize(values.clamp(-1, 1), midpoints)
     wrong = sum(a != c for a, c in zip(answer, codes))
-    if answer == unscaled.codes.tolist() and answer != codes:
+    if answer == unscaled.tolist() and answer != codes:
         hint = "Divide the block by its largest absolute value first."
     else:
         hint = (

@@ -412,10 +412,11 @@ def test_check_nf4_codes(capsys):
     block = [0.5, -1.2, 0.1, 0.9]
     assert exercises.check_nf4_codes(block, [12, 0, 8, 14])
     assert "The codes are [12, 0, 8, 14]" in capsys.readouterr().out
-    # The codes of the unscaled numbers: the hint says to divide first.
-    unscaled = quantize_nf4(torch.tensor(block).clamp(-1, 1), 4).codes.tolist()
-    assert not exercises.check_nf4_codes(block, unscaled)
-    assert "Divide the block" in capsys.readouterr().out
+    # The codes of the numbers as they are (0.9 → 1 instead of 0.723): divide first.
+    assert not exercises.check_nf4_codes(block, [12, 0, 8, 15])
+    out = capsys.readouterr().out
+    assert "Divide the block by its largest absolute value first." in out
+    assert "codes differ" not in out
     assert not exercises.check_nf4_codes(block, [12, 0, 8, 13])
     assert "1 of your 4 codes differ" in capsys.readouterr().out
     with pytest.raises(ValueError, match="one code per number"):
