@@ -412,3 +412,66 @@ def check_pissa_to_lora(convert) -> bool:
         "B'A' = BA − B₀A₀: a plain LoRA of rank 2r on the original W.",
         hint,
     )
+
+
+def check_nf4_codes(block, answer) -> bool:
+    """Check hand-computed NF4 codes (0…15) of one block. [Ch. 9, Exercise 9.1]"""
+    from lora_edu.quant import NF4_CODE, quantize_nf4
+
+    values = torch.as_tensor(block, dtype=torch.float32).flatten()
+    answer = [_check_integer(code, "each code") for code in answer]
+    if len(answer) != len(values):
+        raise ValueError(f"give one code per number: {len(values)}, got {len(answer)}")
+    if any(not 0 <= code <= 15 for code in answer):
+        raise ValueError(f"NF4 codes run from 0 to 15, got {answer}")
+    codes = quantize_nf4(values, block_size=len(values)).codes.tolist()
+    # The codes of the numbers as they are, not divided by the absmax first.
+    midpoints = (NF4_CODE[1:] + NF4_CODE[:-1]) / 2
+    unscaled = torch.bucketize(values.clamp(-1, 1), midpoints)
+    wrong = sum(a != c for a, c in zip(answer, codes))
+    if answer == unscaled.tolist() and answer != codes:
+        hint = "Divide the block by its largest absolute value first."
+    else:
+        hint = (
+            f"{wrong} of your {len(codes)} codes differ. Divide the block by its "
+            "largest absolute value, then take the nearest level (code 0 is −1)."
+        )
+    return _report(answer == codes, f"The codes are {codes}.", hint)
+
+
+def check_nf4_bits(block_size: int, answer: float) -> bool:
+    """Check the bits a weight of NF4 with double quantization. [Ch. 9, Exercise 9.2]"""
+    from lora_edu.quant import NESTED_BLOCK_SIZE, nf4_storage_bytes
+
+    block_size = _check_integer(block_size, "block_size")
+    # A tensor so large that the one float32 mean adds nothing visible.
+    n = block_size * NESTED_BLOCK_SIZE * 2**12
+    bits = 8 * nf4_storage_bytes(n, block_size, double_quant=True) / n
+    if math.isclose(answer, 4 + 32 / block_size, abs_tol=5e-4):
+        hint = "That is without double quantization: the scales are stored in 8 bits."
+    elif math.isclose(answer, 4 + 8 / block_size, abs_tol=5e-4):
+        hint = "Each block of 256 scales also keeps one float32 scale of its own."
+    else:
+        hint = "Add the 4 bits of the code, the 8-bit scale per block, and its share."
+    return _report(
+        math.isclose(answer, bits, abs_tol=5e-4), f"{bits:.4f} bits a weight.", hint
+    )
+
+
+def check_kbit_cast_count(config, answer: int) -> bool:
+    """Check the count prepare_model_for_kbit_training casts. [Ch. 9, Exercise 9.3]"""
+    from lora_edu.llama import build_on_meta, quantized_weights
+
+    answer = _check_integer(answer, "answer")
+    model = build_on_meta(config)
+    total = sum(p.numel() for p in model.parameters())
+    cast = total - sum(w.numel() for w in quantized_weights(model))
+    embedding = config.vocab_size * config.hidden_size
+    norms = cast - 2 * embedding
+    if answer in (embedding, embedding + norms) and answer != cast:
+        hint = "The output head is not tied to the embeddings: it is cast too."
+    elif answer == 2 * embedding and answer != cast:
+        hint = "Every RMSNorm weight is 16-bit and not 4-bit, so it is cast too."
+    else:
+        hint = "Count what bitsandbytes leaves in 16 bits: all but the blocks' linears."
+    return _report(answer == cast, f"{cast:,} parameters.", hint)

@@ -15,14 +15,17 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from lora_edu.lora import lora_parameters
 from lora_edu.pretrain import DATA_DIR
+from lora_edu.quant import DYNAMIC_CODE, NF4_CODE, nf4_storage_bytes
 
 TINY_LLAMA3 = "tiny-llama3"  # the model this course ships, in lora_edu/data/tiny-llama3
 LLAMA3_8B = "meta-llama/Meta-Llama-3-8B"
-NF4_BITS = (
-    4 + 8 / 64 + 32 / (64 * 256)
-)  # QLoRA's NF4 with double quantization: 4.127 bits per weight
+BASE_DTYPE = torch.bfloat16  # the dtype load_model gives the 8B model's weights
+ADAPTER_DTYPE = (
+    torch.float32
+)  # LoRA's A and B on a 16-bit base, in PEFT and inject_lora
+# bitsandbytes keeps float32 copies of both lookup tables (NF4, 8-bit) in every layer.
+BNB_TABLE_BYTES = 4 * (len(NF4_CODE) + len(DYNAMIC_CODE))
 
 
 class ModelUnavailableError(RuntimeError):
@@ -55,13 +58,14 @@ def load_model(name: str = TINY_LLAMA3, load_in_4bit: bool = False):
         return model.eval(), AutoTokenizer.from_pretrained(DATA_DIR)
     # Check what the real model needs before touching the network, cheapest first, so nothing hangs.
     if not torch.cuda.is_available():
-        need = (
-            "about 6 GB of GPU memory in 4-bit"
-            if load_in_4bit
-            else "about 16 GB of GPU memory in bfloat16"
-        )
+        need = ""
+        if name == LLAMA3_8B:
+            # What the weights alone take, as the memory table of Chapter 5 computes it.
+            gb = weight_bytes(build_on_meta(llama3_8b_config()), load_in_4bit) / 1e9
+            kind = "4-bit" if load_in_4bit else "bfloat16"
+            need = f" with more than {gb:.2f} GB of memory for its {kind} weights alone"
         raise _unavailable(
-            name, f"it needs a CUDA GPU ({need}), and this machine has none."
+            name, f"it needs a CUDA GPU{need}, and this machine has none."
         )
     if load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
         raise _unavailable(
@@ -118,55 +122,78 @@ def build_on_meta(config: LlamaConfig) -> LlamaForCausalLM:
         return LlamaForCausalLM(config)
 
 
-def memory_table(model: nn.Module) -> list[dict]:
-    """Bytes for weights, gradients and AdamW states: full fine-tuning, LoRA and QLoRA, without activations. [Ch. 5]"""
-    lora = lora_parameters(model)
-    if not lora:
-        raise ValueError(
-            "the model has no LoRA parameters: inject LoRA first, so that the table can count them"
-        )
-    lora_count = sum(p.numel() for p in lora.values())
-    base = [p for name, p in model.named_parameters() if name not in lora]
-    base_count = sum(p.numel() for p in base)
-    # bitsandbytes quantizes the linear layers but the output head; embeddings and norms stay in bfloat16.
-    embeddings = (
-        model.get_output_embeddings().weight.numel()
-        + model.get_input_embeddings().weight.numel()
+def _is_adapter(name: str) -> bool:
+    # lora_A, lora_B (ours and PEFT's), and PEFT's lora_magnitude_vector for DoRA.
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
+def quantized_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weights bitsandbytes stores in 4 bits: linear layers but the head. [Ch. 5]"""
+    head = model.get_output_embeddings()
+    return [
+        module.weight
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and module is not head
+        and not _is_adapter(name)
+    ]
+
+
+def nf4_bytes(model: nn.Module) -> int:
+    """Bytes of the quantized layers in NF4 with double quantization. [Ch. 5]"""
+    return sum(
+        nf4_storage_bytes(w.numel(), 64, double_quant=True) + BNB_TABLE_BYTES
+        for w in quantized_weights(model)
     )
-    quantized = sum(p.numel() for p in base if p.dim() == 2) - embeddings
-    # LoRA's own parameters are trained in float32: 4 bytes of weight, 4 of gradient, 8 of Adam's two moments.
-    adapter = {
-        "weights": 4 * lora_count,
-        "gradients": 4 * lora_count,
-        "optimizer": 8 * lora_count,
-    }
+
+
+def weight_bytes(model: nn.Module, load_in_4bit: bool = False) -> int:
+    """Bytes of the base weights as load_model loads them: bf16 or 4-bit. [Ch. 5]"""
+    count = sum(p.numel() for n, p in model.named_parameters() if not _is_adapter(n))
+    if not load_in_4bit:
+        return BASE_DTYPE.itemsize * count
+    rest = count - sum(w.numel() for w in quantized_weights(model))
+    return nf4_bytes(model) + BASE_DTYPE.itemsize * rest
+
+
+def memory_table(model: nn.Module) -> list[dict]:
+    """Bytes of weights, gradients, AdamW states per method, no activations. [Ch. 5]"""
+    adapter = sum(p.numel() for n, p in model.named_parameters() if _is_adapter(n))
+    if not adapter:
+        raise ValueError(
+            "the model has no LoRA parameters: inject LoRA first, so that the table "
+            "can count them"
+        )
+    base = sum(p.numel() for n, p in model.named_parameters() if not _is_adapter(n))
+    rest = base - sum(w.numel() for w in quantized_weights(model))
+    size = ADAPTER_DTYPE.itemsize
+
+    def adapted(method: str, base_bytes: int) -> dict:
+        # The frozen base has no gradient or optimizer state; the adapter has both
+        # (Adam's two moments), in the adapter's dtype.
+        return {
+            "method": method,
+            "weights": base_bytes + size * adapter,
+            "gradients": size * adapter,
+            "optimizer": 2 * size * adapter,
+        }
+
     rows = [
-        # Mixed-precision AdamW: bf16 weights and gradients, float32 master weights and moments (16 bytes each).
+        # Mixed-precision AdamW: bf16 weights and gradients, float32 master weights and
+        # moments: 16 bytes a parameter.
         {
             "method": "full fine-tuning",
-            "weights": 2 * base_count,
-            "gradients": 2 * base_count,
-            "optimizer": 12 * base_count,
+            "weights": BASE_DTYPE.itemsize * base,
+            "gradients": BASE_DTYPE.itemsize * base,
+            "optimizer": 3 * 4 * base,
         },
-        {
-            "method": "LoRA, bf16 base",
-            **{
-                k: v + (2 * base_count if k == "weights" else 0)
-                for k, v in adapter.items()
-            },
-        },
-        {
-            "method": "QLoRA, 4-bit NF4 base",
-            **{
-                k: v
-                + (
-                    quantized * NF4_BITS / 8 + 2 * (base_count - quantized)
-                    if k == "weights"
-                    else 0
-                )
-                for k, v in adapter.items()
-            },
-        },
+        adapted("LoRA, bf16 base", weight_bytes(model)),
+        adapted("QLoRA, 4-bit NF4 base", weight_bytes(model, load_in_4bit=True)),
+        # peft's prepare_model_for_kbit_training casts every 16-bit parameter that is
+        # not 4-bit (embeddings, output head, norms) to float32.
+        adapted(
+            "QLoRA after prepare_model_for_kbit_training", nf4_bytes(model) + 4 * rest
+        ),
     ]
     for row in rows:
         row["total"] = row["weights"] + row["gradients"] + row["optimizer"]

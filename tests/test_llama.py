@@ -1,10 +1,15 @@
 """lora_edu.llama: the loader's two worlds, exact accounting for Llama-3-8B, and the shipped tiny model."""
 
+import math
+
+import bitsandbytes as bnb
 import huggingface_hub
 import nbformat
 import pytest
 import torch
 from nbclient import NotebookClient
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from lora_edu import llama
 from lora_edu.llama import (
@@ -21,6 +26,7 @@ from lora_edu.pretrain import (
     generate_corpus,
     tiny_llama3_config,
 )
+from lora_edu.quant import nf4_storage_bytes
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -126,6 +132,23 @@ def test_the_hub_model_without_a_gpu_stops_with_a_clear_message(monkeypatch):
     assert "needs a CUDA GPU" in message and "this machine has none" in message
     assert "MODEL_NAME = 'tiny-llama3'" in message
     assert error.value._render_traceback_() == [f"ModelUnavailableError: {message}"]
+    # The memory it names is the weights' row of the memory table, not a typed guess.
+    model = inject_lora(build_on_meta(llama3_8b_config()), TARGETS, r=4, lora_alpha=4)
+    rows = {row["method"]: row for row in llama.memory_table(model)}
+    adapter = 4 * count_parameters(model)[0]
+    for four_bit, method, kind in [
+        (False, "LoRA, bf16 base", "bfloat16"),
+        (True, "QLoRA, 4-bit NF4 base", "4-bit"),
+    ]:
+        with pytest.raises(ModelUnavailableError) as error:
+            load_model(LLAMA3_8B, load_in_4bit=four_bit)
+        gb = (rows[method]["weights"] - adapter) / 1e9
+        assert f"more than {gb:.2f} GB of memory for its {kind} weights" in str(
+            error.value
+        )
+    with pytest.raises(ModelUnavailableError) as error:
+        load_model("someone/another-model")
+    assert "it needs a CUDA GPU, and this machine has none" in str(error.value)
 
 
 def test_4bit_without_bitsandbytes_says_what_to_install(monkeypatch):
@@ -215,6 +238,15 @@ def test_the_lora_count_for_llama3_8b_is_recomputed_from_layer_shapes():
     assert count_parameters(model)[0] == from_shapes == 3_407_872
 
 
+def nf4_layer_bytes(out_features: int, in_features: int) -> int:
+    """What bitsandbytes stores for one NF4 layer with double quantization, by hand."""
+    n = out_features * in_features
+    blocks = n // 64
+    # packed codes, 8-bit scales, a float32 scale per 256 of them, their float32 mean,
+    # and float32 copies of the 16-level and 256-level lookup tables
+    return n // 2 + blocks + 4 * math.ceil(blocks / 256) + 4 + 4 * (16 + 256)
+
+
 def test_memory_table_for_llama3_8b():
     model = inject_lora(build_on_meta(llama3_8b_config()), TARGETS, r=4, lora_alpha=4)
     rows = {row["method"]: row for row in llama.memory_table(model)}
@@ -228,15 +260,107 @@ def test_memory_table_for_llama3_8b():
         "total": 2 * base + 16 * lora,
     }
     embeddings = 2 * 128256 * 4096
-    quantized = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
+    shapes = 2 * [(4096, 4096)] + 2 * [(1024, 4096)] + 2 * [(14336, 4096)]
+    shapes += [(4096, 14336)]
+    quantized = 32 * sum(o * i for o, i in shapes)
     norms = base - embeddings - quantized
     assert norms == 32 * 2 * 4096 + 4096
-    expected_weights = (
-        quantized * llama.NF4_BITS / 8 + 2 * (embeddings + norms) + 4 * lora
-    )
-    assert rows["QLoRA, 4-bit NF4 base"]["weights"] == pytest.approx(expected_weights)
+    nf4 = 32 * sum(nf4_layer_bytes(o, i) for o, i in shapes)
+    qlora = rows["QLoRA, 4-bit NF4 base"]
+    assert qlora["weights"] == nf4 + 2 * (embeddings + norms) + 4 * lora
+    assert (qlora["gradients"], qlora["optimizer"]) == (4 * lora, 8 * lora)
+    # prepare_model_for_kbit_training: embeddings, head and norms in float32.
+    prepared = rows["QLoRA after prepare_model_for_kbit_training"]
+    assert prepared["weights"] == nf4 + 4 * (embeddings + norms) + 4 * lora
+    assert embeddings + norms == 1_050_939_392
+    assert round(8 * llama.nf4_bytes(model) / quantized, 3) == 4.127
     with pytest.raises(ValueError, match="no LoRA parameters"):
         llama.memory_table(build_on_meta(llama3_8b_config()))
+
+
+def test_memory_table_counts_peft_models_as_ours():
+    config = llama3_8b_config()
+    ours = inject_lora(build_on_meta(config), TARGETS, r=4, lora_alpha=4)
+    peft = get_peft_model(
+        build_on_meta(config), LoraConfig(r=4, lora_alpha=4, target_modules=TARGETS)
+    )
+    assert llama.memory_table(peft) == llama.memory_table(ours)
+    # DoRA adds one trainable magnitude per output row of each adapted layer.
+    dora = get_peft_model(
+        build_on_meta(config),
+        LoraConfig(r=4, lora_alpha=4, target_modules=TARGETS, use_dora=True),
+    )
+    magnitudes = 32 * (4096 + 1024 + 1024 + 4096)
+    extra = {
+        row["method"]: row["total"] - plain["total"]
+        for row, plain in zip(llama.memory_table(dora), llama.memory_table(ours))
+    }
+    assert extra["full fine-tuning"] == 0
+    assert set(list(extra.values())[1:]) == {16 * magnitudes}
+
+
+def load_tiny_in_4bit():
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    return AutoModelForCausalLM.from_pretrained(
+        DATA_DIR, quantization_config=config, dtype=torch.bfloat16, device_map="cpu"
+    )
+
+
+def stored_bytes(model) -> int:
+    """Every byte a bitsandbytes model holds: parameters and each quant state."""
+    total = sum(p.nbytes for p in model.parameters())
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            state = module.weight.quant_state
+            parts = [state.absmax, state.offset, state.code]
+            parts += [state.state2.absmax, state.state2.code]
+            total += sum(t.nbytes for t in parts)
+    return total
+
+
+def test_the_nf4_bytes_are_what_bitsandbytes_stores_for_the_tiny_model(tiny):
+    model = load_tiny_in_4bit()
+    layers = {
+        n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)
+    }
+    assert len(layers) == len(llama.quantized_weights(tiny[0])) == 4 * 7
+    for layer in layers.values():
+        state = layer.weight.quant_state
+        assert state.nested and (state.blocksize, state.state2.blocksize) == (64, 256)
+        data = [layer.weight, state.absmax, state.state2.absmax, state.offset]
+        stored = sum(t.nbytes for t in data)
+        assert stored == nf4_storage_bytes(state.shape.numel(), 64, double_quant=True)
+        tables = state.code.nbytes + state.state2.code.nbytes
+        assert tables == llama.BNB_TABLE_BYTES == 1088
+    # Embeddings, head and norms stay in bfloat16, as the table has them.
+    others = [p for p in model.parameters() if not isinstance(p, bnb.nn.Params4bit)]
+    assert {p.dtype for p in others} == {torch.bfloat16}
+    assert stored_bytes(model) == llama.weight_bytes(tiny[0], load_in_4bit=True)
+
+
+def test_the_qlora_rows_are_what_peft_holds_for_the_tiny_model():
+    model, _ = load_model()
+    rows = {
+        row["method"]: row
+        for row in llama.memory_table(inject_lora(model, TARGETS, r=4, lora_alpha=4))
+    }
+    lora_config = LoraConfig(r=4, lora_alpha=4, target_modules=TARGETS)
+    qlora = get_peft_model(load_tiny_in_4bit(), lora_config)
+    adapters = [p for p in qlora.parameters() if p.requires_grad]
+    assert {p.dtype for p in adapters} == {torch.float32}  # PEFT's adapter dtype
+    assert stored_bytes(qlora) == rows["QLoRA, 4-bit NF4 base"]["weights"]
+    prepared = get_peft_model(
+        prepare_model_for_kbit_training(load_tiny_in_4bit()), lora_config
+    )
+    cast = {n for n, p in prepared.named_parameters() if p.dtype == torch.float32}
+    assert any("embed_tokens" in n for n in cast) and any("lm_head" in n for n in cast)
+    method = "QLoRA after prepare_model_for_kbit_training"
+    assert stored_bytes(prepared) == rows[method]["weights"]
 
 
 def test_tiny_config_scales_llama3_down():
