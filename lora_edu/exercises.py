@@ -475,3 +475,32 @@ def check_kbit_cast_count(config, answer: int) -> bool:
     else:
         hint = "Count what bitsandbytes leaves in 16 bits: all but the blocks' linears."
     return _report(answer == cast, f"{cast:,} parameters.", hint)
+
+
+def check_random_subspace_similarity(d: int, i: int, j: int, answer: float) -> bool:
+    """Check a claimed mean φ for random subspaces of R^d. [Ch. 7, Exercise 7.2]"""
+    expected = max(i, j) / d
+    if math.isclose(answer, min(i, j) / d, rel_tol=1e-3) and i != j:
+        hint = "E‖U₁ᵀU₂‖²_F = i·j/d; φ then divides by min(i, j), not by max(i, j)."
+    else:
+        hint = "Each of the i·j entries of U₁ᵀU₂ has mean square 1/d; sum, then divide."
+    return _report(
+        math.isclose(answer, expected, rel_tol=1e-3),
+        f"On average φ = max(i, j)/d = {expected:.4g} for random subspaces.",
+        hint,
+    )
+
+
+def check_amplification_factor(
+    delta_norm: float, projected_norm: float, answer: float
+) -> bool:
+    """Check a claimed ‖ΔW‖_F / ‖UᵀWVᵀ‖_F, to 1%. [Ch. 7, Exercise 7.3]"""
+    expected = delta_norm / projected_norm
+    hint = "Divide ‖ΔW‖_F by the norm of W projected onto ΔW's top-r directions."
+    if math.isclose(answer, 1 / expected, rel_tol=1e-2):
+        hint = "You divided the other way round: the factor is larger than 1."
+    return _report(
+        math.isclose(answer, expected, rel_tol=1e-2),
+        f"ΔW amplifies those directions by a factor of {expected:.3g}.",
+        hint,
+    )

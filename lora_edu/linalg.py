@@ -298,3 +298,27 @@ def load_grace_hopper() -> np.ndarray:
         rgb = matplotlib.image.imread(file, format="jpg").astype(np.float64) / 255.0
     # ITU-R BT.601 luma weights, the usual conversion from RGB to gray.
     return rgb @ np.array([0.299, 0.587, 0.114])
+
+
+# --- Chapter 7: comparing the subspaces that two adapters learned -----------------------
+
+
+def subspace_similarity(A1, A2, i: int, j: int) -> float:
+    """φ = ‖U₁ⁱᵀU₂ʲ‖²_F / min(i, j), U right-singular vectors of A (r×d). [Ch. 7]"""
+    A1, A2 = as_matrix(A1, name="A1"), as_matrix(A2, name="A2")
+    if A1.shape[1] != A2.shape[1]:
+        raise ValueError(
+            f"A1 and A2 must have as many columns (d), got {A1.shape} and {A2.shape}"
+        )
+    for name, value, A in (("i", i, A1), ("j", j, A2)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        if not 1 <= value <= min(A.shape):
+            raise ValueError(
+                f"{name} must be between 1 and {min(A.shape)} for a {A.shape} matrix, "
+                f"got {value}"
+            )
+    # The rows of Vt are the right-singular vectors: directions in the input space R^d.
+    U1 = np.linalg.svd(A1, full_matrices=False)[2][:i].T
+    U2 = np.linalg.svd(A2, full_matrices=False)[2][:j].T
+    return float(np.linalg.norm(U1.T @ U2, "fro") ** 2 / min(i, j))
