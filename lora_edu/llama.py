@@ -11,6 +11,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    BitsAndBytesConfig,
     LlamaConfig,
     LlamaForCausalLM,
 )
@@ -43,6 +44,28 @@ def _unavailable(name: str, missing: str) -> ModelUnavailableError:
     )
 
 
+def nf4_config(compute_dtype: torch.dtype) -> BitsAndBytesConfig:
+    """QLoRA's storage: NF4, double quantization, matmuls in compute_dtype. [Ch. 6]"""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def keep_4bit_layers_trainable(model: nn.Module) -> nn.Module:
+    """Turn off bitsandbytes' CPU repacking of 4-bit layers (no backward). [Ch. 6]"""
+    # bitsandbytes 0.50, on a CPU with AVX512-BF16, repacks a Linear4bit in place the
+    # first time it runs in eval mode without gradients: that undoes the double
+    # quantization, and every later forward, in training too, runs a bfloat16 kernel
+    # with no backward pass.
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes' Linear4bit
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def load_model(name: str = TINY_LLAMA3, load_in_4bit: bool = False):
     """Load (model, tokenizer): the shipped tiny Llama 3, or a hub name such as Meta-Llama-3-8B on a GPU. [Ch. 5]"""
     if not isinstance(name, str) or not name:
@@ -50,11 +73,24 @@ def load_model(name: str = TINY_LLAMA3, load_in_4bit: bool = False):
             f"name must be a model name such as {TINY_LLAMA3!r} or {LLAMA3_8B!r}, got {name!r}"
         )
     if name == TINY_LLAMA3:
-        if load_in_4bit:
-            raise ValueError(
-                "load_in_4bit is for the 8B model on a GPU; the tiny model loads in full precision"
+        if not load_in_4bit:
+            model = AutoModelForCausalLM.from_pretrained(DATA_DIR, dtype=torch.float32)
+        elif importlib.util.find_spec("bitsandbytes") is None:
+            raise _unavailable(
+                name,
+                "4-bit loading needs the bitsandbytes package: "
+                "pip install bitsandbytes",
             )
-        model = AutoModelForCausalLM.from_pretrained(DATA_DIR, dtype=torch.float32)
+        else:
+            # bitsandbytes quantizes on a CPU too. The rest stays in bfloat16 as on the
+            # 8B path; matmuls run in float32, so only the storage differs from float32.
+            model = AutoModelForCausalLM.from_pretrained(
+                DATA_DIR,
+                dtype=torch.bfloat16,
+                device_map="cuda" if torch.cuda.is_available() else "cpu",
+                quantization_config=nf4_config(compute_dtype=torch.float32),
+            )
+            keep_4bit_layers_trainable(model)
         return model.eval(), AutoTokenizer.from_pretrained(DATA_DIR)
     # Check what the real model needs before touching the network, cheapest first, so nothing hangs.
     if not torch.cuda.is_available():
@@ -82,16 +118,7 @@ def load_model(name: str = TINY_LLAMA3, load_in_4bit: bool = False):
             f"licence at https://huggingface.co/{name}, that you are logged in (huggingface-cli login, or HF_TOKEN), "
             "and that this machine is online.",
         ) from None
-    quantization = None
-    if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
+    quantization = nf4_config(compute_dtype=torch.bfloat16) if load_in_4bit else None
     model = AutoModelForCausalLM.from_pretrained(
         name, dtype=torch.bfloat16, device_map={"": 0}, quantization_config=quantization
     )

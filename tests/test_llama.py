@@ -175,8 +175,6 @@ def test_no_access_to_the_hub_stops_with_a_clear_message(monkeypatch):
 def test_bad_loader_arguments():
     with pytest.raises(TypeError, match="name must be a model name"):
         load_model(None)
-    with pytest.raises(ValueError, match="load_in_4bit is for the 8B model"):
-        load_model("tiny-llama3", load_in_4bit=True)
 
 
 def test_the_chapter_stops_cleanly_when_the_hub_model_is_chosen_without_a_gpu():
