@@ -26,7 +26,7 @@ from lora_edu.files import (
     read_text,
     replaced_folder,
 )
-from lora_edu.llama import TINY_LLAMA3, load_model
+from lora_edu.llama import TINY_LLAMA3, keep_4bit_layers_trainable, load_model
 from lora_edu.lora import (
     NonFiniteError,
     check_finite,
@@ -259,6 +259,9 @@ def load_model_4bit(name: str, device: str = "cpu"):
             device_map={"": 0} if device == "cuda" else "cpu",
         )
         tokenizer = load_model()[1]
+    # Trainer evaluates between epochs: without this, bitsandbytes' CPU path would
+    # repack the layers at the first evaluation and train on with no gradients.
+    model = keep_4bit_layers_trainable(model)
     return prepare_model_for_kbit_training(model), tokenizer
 
 

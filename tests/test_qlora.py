@@ -188,3 +188,17 @@ def test_an_adapter_trained_on_the_4bit_base_loads_onto_the_full_precision_base(
     assert (peft_logits - base_logits).abs().max() > 0.5
     qlora_logits = logits(trained.eval(), tokenizer, texts)
     assert (peft_logits - qlora_logits).abs().max() < 0.15 * base_logits.abs().max()
+
+
+def test_the_clis_4bit_model_keeps_its_gradients_after_an_evaluation(texts):
+    from lora_edu.peft_workflow import load_model_4bit
+
+    model, tokenizer = load_model_4bit(llama.TINY_LLAMA3)
+    model.eval()
+    with torch.no_grad():  # what Trainer's evaluation between epochs does
+        model(**tokenizer(texts, return_tensors="pt", padding=True).to(model.device))
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    trained = get_peft_model(model, config).train()
+    trained(**batch(tokenizer, texts, trained.device)).loss.backward()
+    b_grads = [p.grad for n, p in trained.named_parameters() if "lora_B" in n]
+    assert b_grads and all(g is not None and g.abs().sum() > 0 for g in b_grads)
