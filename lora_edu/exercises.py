@@ -477,6 +477,21 @@ def check_kbit_cast_count(config, answer: int) -> bool:
     return _report(answer == cast, f"{cast:,} parameters.", hint)
 
 
+def check_square_lora_budget(
+    layers: int, width: int, r: int, matrices: int, answer: int
+) -> bool:
+    """Check a claimed LoRA budget on square width×width matrices. [Ch. 7, Ex. 7.1]"""
+    answer = _check_integer(answer, "answer")
+    expected = 2 * width * r * layers * matrices
+    if answer * 2 == expected:
+        hint = "LoRA trains two factors per matrix, A (r×d) and B (d×r): count both."
+    elif answer * layers == expected:
+        hint = "That is one layer's count: multiply by the number of layers."
+    else:
+        hint = "Each adapted d×d matrix adds r·d (for A) + d·r (for B) per layer."
+    return _report(answer == expected, f"The budget is {expected:,} parameters.", hint)
+
+
 def check_random_subspace_similarity(d: int, i: int, j: int, answer: float) -> bool:
     """Check a claimed mean φ for random subspaces of R^d. [Ch. 7, Exercise 7.2]"""
     expected = max(i, j) / d

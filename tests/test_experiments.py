@@ -150,14 +150,14 @@ def test_the_command_reproduces_a_stored_cell_and_its_adapter(tmp_path):
         torch.testing.assert_close(tensor, stored_adapters[key], rtol=1e-3, atol=1e-4)
 
 
-def test_check_lora_budget(capsys):
-    assert exercises.check_lora_budget(96, 12288, 4, 4, 37_748_736)
-    assert not exercises.check_lora_budget(96, 12288, 4, 4, 37_748_736 // 2)
+def test_check_square_lora_budget(capsys):
+    assert exercises.check_square_lora_budget(96, 12288, 4, 4, 37_748_736)
+    assert not exercises.check_square_lora_budget(96, 12288, 4, 4, 37_748_736 // 2)
     assert "two factors" in capsys.readouterr().out
-    assert not exercises.check_lora_budget(96, 12288, 4, 4, 37_748_736 // 96)
+    assert not exercises.check_square_lora_budget(96, 12288, 4, 4, 37_748_736 // 96)
     assert "number of layers" in capsys.readouterr().out
     with pytest.raises(TypeError, match="answer must be an integer"):
-        exercises.check_lora_budget(96, 12288, 4, 4, 3.7e7)
+        exercises.check_square_lora_budget(96, 12288, 4, 4, 3.7e7)
 
 
 def test_check_random_subspace_similarity(capsys):
