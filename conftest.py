@@ -1,5 +1,7 @@
 """pytest configuration shared by the unit tests and the nbval run over the notebooks."""
 
+import signal
+
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
@@ -17,6 +19,10 @@ def without_widgets(outputs):
 
 
 def pytest_configure(config):
+    # The Ctrl-C tests need SIGINT to raise KeyboardInterrupt, here and in the processes
+    # they start. A shell starts background jobs (`make test &`, nohup) with SIGINT
+    # ignored, which Python and every child would keep.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # With ipywidgets installed (otter-grader brings it; Colab has it), tqdm.auto bars of
     # transformers and datasets become widget outputs whose text/plain holds rates and
     # timings; without it they go to stderr. Compare neither, so a chapter's stored
