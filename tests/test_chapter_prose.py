@@ -19,9 +19,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 BIBLIOGRAPHY = (ROOT / "book" / "references.bib").read_text()
 # Chapters that still carry MyST roles, with the work that removes them. Their tests are
 # expected to fail (strictly: once one passes, remove its entry).
-PENDING_ROLES = {
-    "06": "Chapter 6 is being reworked for issue 13; its {cite} roles go with it",
-}
+PENDING_ROLES: dict[str, str] = {}
 ROLE = re.compile(r"\{(?:cite(?::\w+)?|numref|ref|eq|glue(?::\w+)?|doc|download)\}`")
 PAPER_LINK = re.compile(
     r"\]\(https?://(?:arxiv\.org/(?:abs|pdf)/(?P<arxiv>\d{4}\.\d{4,5})"
