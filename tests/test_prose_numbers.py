@@ -102,8 +102,6 @@ ALLOWED: dict[str, dict[str, str]] = {
         "10^{-2}": "experiments.SETTINGS['lora_lr'], the grid's learning rate, a setting",
         "10.67": "2048 / 192, the budget over W_k's cost per rank, worked in the sentence"
         " to explain why W_k alone gets r = 11",
-        "57,344": "64 · (256 + 192 + 192 + 256), rank 64 on all four matrices, from the"
-        " per-rank costs stated earlier in the chapter",
         "0.125": "α/r = 8/64, worked in the sentence",
         "512": "8 × 64 values of (i, j), the size of the heatmap, by hand",
         "95%": "the threshold the truncation cell asserts (kept[16] > 0.95)",
