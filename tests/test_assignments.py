@@ -1,9 +1,10 @@
-"""The autograded assignments: their text is the chapters' text, and otter grades them right.
+"""The autograded assignments: their text is the chapters', and otter grades them right.
 
-Each master notebook in assignments/ holds a chapter's gradable exercises in otter-grader's format.
-The grading tests build every assignment (`otter assign`), then grade three submissions of each in
-one process: the reference solutions, the blank student notebook, and the reference with one wrong
-answer. They need the `instructor` extra (otter-grader) and skip without it.
+Each master notebook in assignments/ holds a chapter's gradable exercises in
+otter-grader's format. The grading tests build every assignment (`otter assign`), then
+grade three submissions of each in one process: the reference solutions, the blank
+student notebook, and the reference with one wrong answer. They need the `instructor`
+extra (otter-grader) and skip without it.
 """
 
 import re
@@ -29,6 +30,9 @@ WRONG = {
     "04_lora_from_scratch": ("q4_3", "budget_r", "11"),
     "05_lora_on_llama3": ("q5_1", "count_70b", "80 * 2 * 8 * (8192 + 8192)"),
     "06_peft_workflow": ("q6_1", "perplexity", "2**1.25"),
+    "07_lora_paper_experiments": ("q7_1", "budget_r4", "2 * 12288 * 4 * 4"),
+    "08_lora_variants": ("q8_1", "alpha_plain", "16 / math.sqrt(64)"),
+    "09_qlora_from_first_principles": ("q9_3", "cast_count", "2 * 128256 * 8192"),
 }
 
 
@@ -38,8 +42,8 @@ def chapter_exercises(name):
 
 
 def test_every_chapter_has_an_assignment():
-    chapters = {p.stem for p in (ROOT / "notebooks").glob("0[1-6]_*.ipynb")}
-    assert chapters <= set(MASTERS) and set(WRONG) == set(MASTERS)
+    chapters = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
+    assert chapters == set(MASTERS) and set(WRONG) == set(MASTERS)
 
 
 @pytest.mark.parametrize("name", MASTERS)
@@ -49,18 +53,19 @@ def test_an_assignment_quotes_its_chapter_exercises_word_for_word(name):
         number = re.match(r"#### Exercise (\d+\.\d+):", prompt)[1]
         quoted = without_solution(exercises[number])
         assert prompt.startswith(quoted + "\n\n**For grading:** "), (
-            f"{name} {question}: the text of Exercise {number} has drifted from the chapter"
+            f"{name} {question}: the text of Exercise {number} "
+            "has drifted from the chapter"
         )
 
 
 def solution_lines(master):
-    """Lines of solution code and of hidden tests that nothing a student sees contains."""
+    """Lines of solution code and hidden tests that nothing a student sees contains."""
     cells = nbformat.read(master, as_version=4).cells
     secret, visible = set(), []
     for _, _, prompt, solution, hidden in assignments.questions(master):
         visible.append(prompt)
         inside = "".join(
-            re.findall(r"# BEGIN SOLUTION\n(.*?)# END SOLUTION", solution, re.S)
+            re.findall(r"# BEGIN SOLUTION[^\n]*\n(.*?)# END SOLUTION", solution, re.S)
         )
         for line in solution.splitlines():
             if "# SOLUTION" in line:
@@ -141,7 +146,7 @@ def test_student_files_hold_no_solution_or_hidden_test(built, name):
 
 
 def readable(path):
-    """A file's text as its reader sees it: cell sources, test code, or the text itself."""
+    """A file's text as its reader sees it: cell sources, test code, or the text."""
     if path.suffix == ".ipynb":
         return "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
     if path.suffix == ".py":

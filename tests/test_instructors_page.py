@@ -1,4 +1,4 @@
-"""The page "For instructors" states what each assignment grades, with the masters' points."""
+"""The page "For instructors" states what each assignment grades, with its points."""
 
 import re
 import sys

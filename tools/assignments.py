@@ -1,13 +1,13 @@
-"""Autograded assignments with otter-grader: build the handouts, and grade a folder of submissions.
+"""Autograded assignments with otter-grader: build the handouts, grade submissions.
 
-    python tools/assignments.py build [OUT]                         # default _build/assignments
+    python tools/assignments.py build [OUT]              # default _build/assignments
     python tools/assignments.py grade NAME SUBMISSIONS [--output CSV] [--build OUT]
 
-`build` runs `otter assign` on each master notebook in assignments/ and writes, per assignment,
-OUT/NAME/student/ (the notebook to hand out, with its tests/ folder beside it) and
-OUT/NAME/autograder.zip. `grade` grades every .ipynb in SUBMISSIONS with that zip, the way
-`otter run` does (no Docker, no network), and writes one CSV: student, question, points, total.
-Needs the `instructor` extra (otter-grader).
+`build` runs `otter assign` on each master notebook in assignments/ and writes, per
+assignment, OUT/NAME/student/ (the notebook to hand out, with its tests/ folder beside
+it) and OUT/NAME/autograder.zip. `grade` grades every .ipynb in SUBMISSIONS with that
+zip, the way `otter run` does (no Docker, no network), and writes one CSV: student,
+question, points, total. Needs the `instructor` extra (otter-grader).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def masters() -> dict[str, Path]:
 
 
 def questions(master):
-    """(name, points, prompt, solution code, hidden test code) for each question of a master."""
+    """(name, points, prompt, solution code, hidden tests) for each question."""
     cells, found = nbformat.read(master, as_version=4).cells, []
     for i, cell in enumerate(cells):
         if cell.cell_type == "raw" and cell.source.startswith("# BEGIN QUESTION"):
@@ -64,7 +64,7 @@ def build(out: Path = BUILD) -> None:
     for name, master in masters().items():
         target = out / name
         shutil.rmtree(target, ignore_errors=True)
-        # otter assign runs the tests against the solutions, so a broken master fails here.
+        # otter assign runs the tests against the solutions: a broken master fails here.
         otter.assign.main(str(master), str(target), no_pdfs=True)
         # otter stamps the zip's name with the time; give it a name a command can use.
         (zipped,) = (target / "autograder").glob(f"{name}-autograder_*.zip")
@@ -93,16 +93,15 @@ def grade(autograder: Path, submissions: list[Path]) -> list[dict]:
                     "total": float(results.get_result(question).possible),
                 }
             )
-        print(
-            f"{submission.stem}: {results.total:g} / {results.possible:g} ({seconds:.1f} s)"
-        )
+        score = f"{results.total:g} / {results.possible:g}"
+        print(f"{submission.stem}: {score} ({seconds:.1f} s)")
     return rows
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    """Write the grades atomically: a reader never sees half a file."""
+    """Write the grades atomically: a reader, or a crash, never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with temporary.open("w", newline="") as file:
         writer = csv.DictWriter(
             file, fieldnames=["student", "question", "points", "total"]
@@ -112,7 +111,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
             {**r, "points": f"{r['points']:g}", "total": f"{r['total']:g}"}
             for r in rows
         )
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(temporary, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def main(argv=None) -> int:
