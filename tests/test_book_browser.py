@@ -3,8 +3,8 @@
 Runs after the book build (`make test` builds it, then runs this file): it reads
 `_build/html`, or the folder in $BOOK_HTML. Every page of the table of contents is
 checked: formulas rendered by the local MathJax, images loaded with alt text and a
-caption, no request leaving the machine, no broken internal link, and nothing wider than
-the text column at 1280 px. Each page prints one line of counts. Where Chromium is
+caption, no request leaving the machine, no JavaScript error, no broken internal link,
+and nothing wider than the text column at 1280 px. Each page prints one line of counts. Where Chromium is
 missing the test skips, except under CI (CI=true), where that is a failure.
 """
 
@@ -207,6 +207,9 @@ def test_page_renders_offline_and_fits_the_column(browser, page, capsys):
             route.abort()
 
     tab.route("**/*", keep_local)
+    # An uncaught JavaScript error: a script of the page stopped part way.
+    script_errors: list[str] = []
+    tab.on("pageerror", lambda error: script_errors.append(str(error)))
     tab.goto((HTML / page).as_uri(), wait_until="load")
     # MathJax typesets after load; its startup promise settles when all formulas are.
     tab.evaluate("() => window.MathJax?.startup?.promise")
@@ -214,6 +217,7 @@ def test_page_renders_offline_and_fits_the_column(browser, page, capsys):
     context.close()
 
     problems = [f"request leaving the machine: {url}" for url in outside]
+    problems += [f"JavaScript error: {error}" for error in script_errors]
 
     # Formulas: each maths element holds a rendered MathJax node; no TeX left in prose.
     problems += [
