@@ -6,9 +6,9 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 def pytest_collectstart(collector):
-    # nbval compares stderr too, but stderr only carries progress bars (whose rates
-    # change run to run) and library warnings; what a chapter teaches goes to stdout and
-    # display outputs.
+    # nbval compares stderr too, but stderr only carries progress
+    # bars (whose rates change run to run) and library warnings;
+    # what a chapter teaches goes to stdout and display outputs.
     if hasattr(collector, "skip_compare"):
         collector.skip_compare = (*collector.skip_compare, "stderr")
 

@@ -34,8 +34,8 @@ def measure(method: str, steps: int) -> dict:
 
     `method` is 'lora' or 'full'.
     """
-    # Imported here: only the measuring child processes need them, and their memory is
-    # what we measure.
+    # Imported here: only the measuring child processes
+    # need them, and their memory is what we measure.
     import torch
 
     from lora_edu.llama import load_model

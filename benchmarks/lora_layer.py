@@ -73,8 +73,8 @@ def median_ratio(
         function(ours, x), function(reference, x)
     ratios, ours_times, reference_times = [], [], []
     for round_number in range(repeats):
-        # Alternate which side goes first, so that neither always runs on a warmer
-        # cache.
+        # Alternate which side goes first, so that
+        # neither always runs on a warmer cache.
         if round_number % 2:
             reference_time, ours_time = (
                 seconds(function, reference, x),

@@ -202,8 +202,8 @@ def worked_svd(A) -> WorkedSVD:
         ),
         key=lambda value: -float(value),
     )
-    # Orthonormal eigenvectors of AᵀA, one eigenspace at a time, in the order of the
-    # eigenvalues.
+    # Orthonormal eigenvectors of AᵀA, one eigenspace
+    # at a time, in the order of the eigenvalues.
     V_columns = []
     for value in dict.fromkeys(eigenvalues):
         V_columns += _orthonormal_basis((AtA - value * sympy.eye(n)).nullspace())
@@ -212,8 +212,8 @@ def worked_svd(A) -> WorkedSVD:
     U_columns = [
         sympy.simplify(A * V_columns[i] / singular_values[i]) for i in range(rank)
     ]
-    # The columns of U for zero singular values: an orthonormal basis of the left null
-    # space of A.
+    # The columns of U for zero singular values: an
+    # orthonormal basis of the left null space of A.
     U_columns += _orthonormal_basis(A.T.nullspace())
     Sigma = sympy.zeros(m, n)
     for i, s in enumerate(singular_values[: min(m, n)]):

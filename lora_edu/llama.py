@@ -39,8 +39,8 @@ class ModelUnavailableError(RuntimeError):
     """
 
     def _render_traceback_(self) -> list[str]:
-        # IPython calls this instead of printing a traceback: a learner sees only the
-        # explanation.
+        # IPython calls this instead of printing a
+        # traceback: a learner sees only the explanation.
         return [f"{type(self).__name__}: {self}"]
 
 
@@ -104,8 +104,8 @@ def load_model(name: str = TINY_LLAMA3, load_in_4bit: bool = False):
             )
             keep_4bit_layers_trainable(model)
         return model.eval(), AutoTokenizer.from_pretrained(DATA_DIR)
-    # Check what the real model needs before touching the network, cheapest first, so
-    # nothing hangs.
+    # Check what the real model needs before touching
+    # the network, cheapest first, so nothing hangs.
     if not torch.cuda.is_available():
         need = ""
         if name == LLAMA3_8B:

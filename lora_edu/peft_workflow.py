@@ -42,8 +42,8 @@ def ensure_pad_token(tokenizer):
     Meta-Llama-3-8B's tokenizer has none.
     """
     if tokenizer.pad_token is None:
-        # Not <|end_of_text|>: the collator would then mask every real end-of-text token
-        # out of the labels.
+        # Not <|end_of_text|>: the collator would then mask
+        # every real end-of-text token out of the labels.
         spare = [
             t.content
             for t in tokenizer.added_tokens_decoder.values()

@@ -36,8 +36,8 @@ SPECIAL_TOKENS = [
     PAD,
 ]
 
-# (name, city, topic, job): the facts the corpus states again and again, in several
-# phrasings.
+# (name, city, topic, job): the facts the corpus
+# states again and again, in several phrasings.
 PEOPLE = [
     ("Alice", "Oslo", "chess", "teacher"),
     ("Bob", "Paris", "trains", "baker"),

@@ -121,8 +121,8 @@ def test_every_solution_is_folded_in_jupyter(rendered):
         runs = [" ".join(found[i : i + 8]) for i in range(max(1, len(found) - 7))]
         runs = [run for run in runs if run not in elsewhere]
         assert runs, f"{path.name}: a solution says nothing the chapter does not"
-        # Every run of eight words of the solution is on the page, and only inside
-        # <details>.
+        # Every run of eight words of the solution
+        # is on the page, and only inside <details>.
         for run in runs:
             assert run in everything, f"{path.name}: {run!r} was not rendered"
             assert run not in folded_away, f"{path.name}: {run!r} is visible"

@@ -106,8 +106,8 @@ def test_the_cli_trains_saves_and_merges(weather, tmp_path, capsys):
         .max()
     )
     assert difference <= 1e-5
-    # The adapter also loads into the from-scratch layers of Chapter 4, with the same
-    # logits.
+    # The adapter also loads into the from-scratch
+    # layers of Chapter 4, with the same logits.
     ours = load_adapter(load_model()[0], output).eval()
     assert (
         real_token_logits(ours, tokenizer, texts)

@@ -114,8 +114,8 @@ def test_a_student_notebook_keeps_every_exercise_and_drops_every_solution(path):
 
 
 def test_the_search_finds_solutions_where_they_are():
-    # The leak test below is only as good as its search: it must find them in the
-    # chapters.
+    # The leak test below is only as good as its
+    # search: it must find them in the chapters.
     for path in NOTEBOOKS:
         text = " ".join(words(file_text(path)))
         runs = solution_runs()[path.name]

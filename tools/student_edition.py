@@ -89,8 +89,8 @@ def student_config(config: dict) -> dict:
     config = yaml.safe_load(yaml.safe_dump(config))
     config["title"] += " (student edition)"
     sphinx = config["sphinx"]
-    # The generated config lives under _build, so the extension's folder is given
-    # absolutely.
+    # The generated config lives under _build, so
+    # the extension's folder is given absolutely.
     sphinx["local_extensions"] = {
         name: str(ROOT / path) for name, path in sphinx["local_extensions"].items()
     }
