@@ -8,7 +8,7 @@ it: `linalg` (Chapters 1-3), `lora` (Chapter 4) and `exercises` (the learners' c
 def add_to_class(cls):
     """Attach the decorated function to `cls` as a method.
 
-    So a chapter can build a class cell by cell.
+    This lets a chapter build a class cell by cell.
     """
 
     def attach(function):

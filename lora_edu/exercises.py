@@ -318,8 +318,8 @@ def check_lora_count_for_config(config, target_modules, r: int, answer: int) -> 
 
     The model is built on the meta device. [Ch. 5, Exercise 5.1]
     """
-    # Imported here, so that the linear-algebra chapters do not pay for loading
-    # transformers.
+    # Imported here, so that the linear-algebra
+    # chapters do not pay for loading transformers.
     from transformers import AutoModelForCausalLM
 
     from lora_edu.lora import count_parameters, inject_lora, lora_layers
