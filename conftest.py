@@ -1,4 +1,4 @@
-"""pytest configuration shared by the unit tests and the nbval run over the notebooks."""
+"""pytest configuration shared by the unit tests and the nbval run of the notebooks."""
 
 import signal
 
@@ -6,15 +6,15 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 def pytest_collectstart(collector):
-    # nbval compares stderr too, but stderr only carries progress bars (whose rates change
-    # run to run) and library warnings; what a chapter teaches goes to stdout and display
-    # outputs.
+    # nbval compares stderr too, but stderr only carries progress
+    # bars (whose rates change run to run) and library warnings;
+    # what a chapter teaches goes to stdout and display outputs.
     if hasattr(collector, "skip_compare"):
         collector.skip_compare = (*collector.skip_compare, "stderr")
 
 
 def without_widgets(outputs):
-    """Outputs less progress-bar widgets, which appear only where ipywidgets is installed."""
+    """Outputs less progress-bar widgets, found only where ipywidgets is installed."""
     return [o for o in outputs if WIDGET not in o.get("data", {})]
 
 
@@ -23,9 +23,9 @@ def pytest_configure(config):
     # they start. A shell starts background jobs (`make test &`, nohup) with SIGINT
     # ignored, which Python and every child would keep.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    # With ipywidgets installed (otter-grader brings it; Colab has it), tqdm.auto bars of
-    # transformers and datasets become widget outputs whose text/plain holds rates and
-    # timings; without it they go to stderr. Compare neither, so a chapter's stored
+    # With ipywidgets installed (otter-grader brings it; Colab has it), tqdm.auto bars
+    # of transformers and datasets become widget outputs whose text/plain holds rates
+    # and timings; without it they go to stderr. Compare neither, so a chapter's stored
     # outputs match in both environments.
     try:
         from nbval.plugin import IPyNbCell

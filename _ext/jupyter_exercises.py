@@ -1,7 +1,7 @@
 """Exercises that read well in Jupyter and are numbered and folded in the book.
 
-A chapter writes each exercise as one markdown cell in the shape below, which Jupyter and Colab
-render as a heading, the text, and a folded solution:
+A chapter writes each exercise as one markdown cell in the shape below, which Jupyter
+and Colab render as a heading, the text, and a folded solution:
 
     #### Exercise 4.3: Title
 
@@ -16,9 +16,10 @@ render as a heading, the text, and a folded solution:
 
 The student edition (tools/student_edition.py) keeps the heading and the text only.
 
-At build time this Sphinx extension rewrites each such cell into sphinx-exercise's `exercise` and
-`solution` (class dropdown) directives, so the book numbers exercises per chapter and folds
-solutions. The tests, the student edition and the assignments parse cells with `parse_exercise`.
+At build time this Sphinx extension rewrites each such cell into sphinx-exercise's
+`exercise` and `solution` (class dropdown) directives, so the book numbers exercises per
+chapter and folds solutions. The tests, the student edition and the assignments parse
+cells with `parse_exercise`.
 """
 
 from __future__ import annotations
@@ -59,13 +60,14 @@ def is_exercise(source: str) -> bool:
 
 
 def parse_exercise(source: str) -> Exercise:
-    """Split an exercise cell; raise ValueError naming what is wrong if it is not in shape."""
+    """Split an exercise cell; raise a ValueError naming what is out of shape."""
     match = EXERCISE.match(source)
     # A solution block out of shape would otherwise read as part of the text.
     if not match or "<details>" in match["text"] or "<summary>" in match["text"]:
         first = source.splitlines()[0] if source else ""
         raise ValueError(
-            f"exercise cell {first!r} is not in the shape '#### Exercise N.M: Title', text, "
+            f"exercise cell {first!r} is not in the shape "
+            "'#### Exercise N.M: Title', text, "
             "'<details>', '<summary>Solution</summary>', solution, '</details>' "
             "(blank lines between the parts)"
         )
@@ -79,8 +81,9 @@ def parse_exercise(source: str) -> Exercise:
 
 
 def without_solution(exercise: Exercise) -> str:
-    """The exercise cell as the student edition has it: heading and text, no solution."""
-    return f"#### Exercise {exercise.chapter}.{exercise.number}: {exercise.title}\n\n{exercise.text}"
+    """The exercise cell as the student edition has it: heading, text, no solution."""
+    heading = f"#### Exercise {exercise.chapter}.{exercise.number}: {exercise.title}"
+    return f"{heading}\n\n{exercise.text}"
 
 
 def _fence(*texts: str) -> str:
@@ -90,7 +93,7 @@ def _fence(*texts: str) -> str:
 
 
 def to_directives(exercise: Exercise) -> str:
-    """The exercise as sphinx-exercise directives, the solution (if any) in a dropdown."""
+    """The exercise as sphinx-exercise directives, any solution in a dropdown."""
     fence = _fence(exercise.text, exercise.solution)
     directives = (
         f"{fence}{{exercise}} {exercise.title}\n:label: {exercise.label}\n\n"

@@ -1,10 +1,11 @@
-"""Speed and memory of LoRA against full fine-tuning, on the course's tiny Llama-3 model.
+"""Speed and memory of LoRA against full fine-tuning, on the course's tiny Llama 3.
 
-Each measurement runs in a fresh process, so that its peak memory is its own; LoRA and full
-fine-tuning alternate, so that the machine's noise hits both alike. The report gives medians and
-the ratios LoRA ÷ full. Run from the repository root:
+Each measurement runs in a fresh process, so that its peak memory is its own; LoRA and
+full fine-tuning alternate, so that the machine's noise hits both alike. The report
+gives medians and the ratios LoRA ÷ full. Run from the repository root:
 
-    python benchmarks/llama_finetune.py [--rounds 3] [--steps 30] [--output benchmarks/results/llama_finetune.json]
+    python benchmarks/llama_finetune.py [--rounds 3] [--steps 30] \
+        [--output benchmarks/results/llama_finetune.json]
 """
 
 import argparse
@@ -20,14 +21,21 @@ BATCH, BLOCK = 16, 64  # sequences per step, tokens per sequence
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (Linux reports kilobytes, macOS bytes)."""
+    """This process's peak resident memory so far, in bytes.
+
+    Linux reports kilobytes, macOS bytes.
+    """
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
 
 def measure(method: str, steps: int) -> dict:
-    """Train the tiny model for `steps` with `method` ('lora' or 'full'); report steps/s and memory."""
-    # Imported here: only the measuring child processes need them, and their memory is what we measure.
+    """Train the tiny model for `steps` with `method`; report steps/s and memory.
+
+    `method` is 'lora' or 'full'.
+    """
+    # Imported here: only the measuring child processes
+    # need them, and their memory is what we measure.
     import torch
 
     from lora_edu.llama import load_model
@@ -123,7 +131,9 @@ def main() -> None:
     print(f"\n{'':8}{'trainable':>12}{'steps/s':>10}{'training peak RSS':>20}")
     for method, row in summary.items():
         print(
-            f"{method:8}{row['trainable_parameters']:>12,}{row['steps_per_second']:>10.2f}{row['training_peak_rss_mb']:>17.1f} MB"
+            f"{method:8}{row['trainable_parameters']:>12,}"
+            f"{row['steps_per_second']:>10.2f}"
+            f"{row['training_peak_rss_mb']:>17.1f} MB"
         )
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")

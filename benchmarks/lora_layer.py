@@ -1,11 +1,14 @@
-"""Time lora_edu's LoRALinear against PEFT's LoRA Linear, and a merged LoRALinear against nn.Linear.
+"""Time lora_edu's LoRALinear against PEFT's, and merged LoRALinear against nn.Linear.
 
-The two sides of each comparison run in turn inside one loop, so that the machine's noise hits both
-alike, and the report gives the median of the per-round ratios. Run from the repository root:
+The two sides of each comparison run in turn inside one loop, so that the machine's
+noise hits both alike, and the report gives the median of the per-round ratios. Run from
+the repository root:
 
-    python benchmarks/lora_layer.py [--repeats 15] [--output benchmarks/results/lora_layer.json]
+    python benchmarks/lora_layer.py [--repeats 15] \
+        [--output benchmarks/results/lora_layer.json]
 
-Targets: a training step at most 1.05× PEFT's, merged inference at most 1.02× the plain layer's.
+Targets: a training step at most 1.05× PEFT's, merged inference at most 1.02× the plain
+layer's.
 """
 
 import argparse
@@ -35,7 +38,7 @@ class OneLayer(nn.Module):
 
 
 def peft_layer(linear: nn.Linear, r: int) -> nn.Module:
-    """PEFT's LoRA layer around a copy of `linear`, initialised as PEFT does by default."""
+    """PEFT's LoRA layer around a copy of `linear`, initialised as PEFT's default."""
     model = get_peft_model(
         OneLayer(copy.deepcopy(linear)),
         LoraConfig(r=r, lora_alpha=r, target_modules=["proj"]),
@@ -62,12 +65,16 @@ def seconds(function, layer, x) -> float:
 def median_ratio(
     function, ours: nn.Module, reference: nn.Module, x: torch.Tensor, repeats: int
 ) -> dict:
-    """Time ours and reference alternately; return the median of ours ÷ reference over the rounds."""
+    """Time ours and reference alternately; return the median ratio ours ÷ reference.
+
+    The median is over the rounds.
+    """
     for _ in range(2):  # warm-up rounds
         function(ours, x), function(reference, x)
     ratios, ours_times, reference_times = [], [], []
     for round_number in range(repeats):
-        # Alternate which side goes first, so that neither always runs on a warmer cache.
+        # Alternate which side goes first, so that
+        # neither always runs on a warmer cache.
         if round_number % 2:
             reference_time, ours_time = (
                 seconds(function, reference, x),
@@ -129,14 +136,16 @@ def main() -> None:
             print(f"measured in=out={width}, r={r}", flush=True)
 
     print(
-        f"\n{'measure':32} {'in=out':>6} {'r':>3} {'ours ms':>9} {'ref ms':>9} {'ratio':>7}  target"
+        f"\n{'measure':32} {'in=out':>6} {'r':>3} {'ours ms':>9} {'ref ms':>9} "
+        f"{'ratio':>7}  target"
     )
     for row in rows:
         target = 1.05 if row["measure"].startswith("training") else 1.02
         verdict = "ok" if row["ratio_median"] <= target else "MISSED"
         print(
-            f"{row['measure']:32} {row['in=out']:>6} {row['r']:>3} {row['ours_ms_median']:9.2f} "
-            f"{row['reference_ms_median']:9.2f} {row['ratio_median']:6.3f}×  ≤{target} {verdict}"
+            f"{row['measure']:32} {row['in=out']:>6} {row['r']:>3} "
+            f"{row['ours_ms_median']:9.2f} {row['reference_ms_median']:9.2f} "
+            f"{row['ratio_median']:6.3f}×  ≤{target} {verdict}"
         )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     environment = {

@@ -1,12 +1,15 @@
 """The tested helper package of the course "LoRA from First Principles".
 
-Each module holds the code of one part of the course, in the form the chapters develop it:
-`linalg` (Chapters 1-3), `lora` (Chapter 4) and `exercises` (the learners' checks).
+Each module holds the code of one part of the course, in the form the chapters develop
+it: `linalg` (Chapters 1-3), `lora` (Chapter 4) and `exercises` (the learners' checks).
 """
 
 
 def add_to_class(cls):
-    """Attach the decorated function to `cls` as a method, so that a chapter can build a class cell by cell."""
+    """Attach the decorated function to `cls` as a method.
+
+    This lets a chapter build a class cell by cell.
+    """
 
     def attach(function):
         name = (

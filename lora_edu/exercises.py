@@ -1,7 +1,8 @@
 """Checks that learners call to test their answers to the chapters' exercises.
 
-Each check prints what it found and returns True or False, so it works both in a notebook and in
-an instructor's grading script. A wrong answer gets a hint, never the answer itself.
+Each check prints what it found and returns True or False, so it works both in a
+notebook and in an instructor's grading script. A wrong answer gets a hint, never the
+answer itself.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ def _report(correct: bool, praise: str, hint: str) -> bool:
 
 
 def require(check, *args) -> None:
-    """Run a check silently; raise AssertionError with its hint if the answer is wrong (for autograders)."""
+    """Run a check silently; raise AssertionError with its hint if the answer is wrong.
+
+    For autograders.
+    """
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         correct = check(*args)
@@ -40,7 +44,10 @@ def _check_integer(value, name: str) -> int:
 
 
 def check_rank(A, answer: int) -> bool:
-    """Check a claimed rank of A (m×n) against exact elimination. [Ch. 1, Exercise 1.1]"""
+    """Check a claimed rank of A (m×n) against exact elimination.
+
+    [Ch. 1, Exercise 1.1]
+    """
     answer = _check_integer(answer, "answer")
     rank = linalg.exact_rank(A)
     if answer > rank:
@@ -53,7 +60,10 @@ def check_rank(A, answer: int) -> bool:
 
 
 def _integer_entries(M) -> np.ndarray | None:
-    """M as an array of Python ints if every entry is an integer (2, not 2.0), else None."""
+    """M as an array of Python ints if every entry is an integer, else None.
+
+    An integer means 2, not 2.0.
+    """
     array = np.asarray(M, dtype=object)
     flat = array.ravel().tolist()
     if any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in flat):
@@ -63,7 +73,10 @@ def _integer_entries(M) -> np.ndarray | None:
 
 
 def check_has_rank(M, rank: int, shape=(4, 4)) -> bool:
-    """Check that M is an integer matrix of `shape` (m, n), no entry zero, of exact rank. [Ch. 1, Exercise 1.3]"""
+    """Check an integer matrix of `shape` (m, n), no entry zero, of exact rank.
+
+    [Ch. 1, Exercise 1.3]
+    """
     rank = _check_integer(rank, "rank")
     floats = linalg.as_matrix(M, name="M")
     if floats.shape != tuple(shape):
@@ -82,7 +95,8 @@ def check_has_rank(M, rank: int, shape=(4, 4)) -> bool:
         return _report(
             False,
             "",
-            f"Row {i + 1}, column {j + 1} is zero, and the exercise allows no zero entry.",
+            f"Row {i + 1}, column {j + 1} is zero, "
+            "and the exercise allows no zero entry.",
         )
     actual = linalg.exact_rank(integers)
     return _report(
@@ -98,7 +112,10 @@ def check_has_rank(M, rank: int, shape=(4, 4)) -> bool:
 
 
 def check_singular_values(A, answer) -> bool:
-    """Check claimed singular values of A (m×n), in any order, to 1e-6. [Ch. 2, Exercise 2.1]"""
+    """Check claimed singular values of A (m×n), in any order, to 1e-6.
+
+    [Ch. 2, Exercise 2.1]
+    """
     A = linalg.as_matrix(A)
     expected = np.linalg.svd(A, compute_uv=False)
     given = np.sort(np.asarray(answer, dtype=np.float64).ravel())[::-1]
@@ -106,13 +123,15 @@ def check_singular_values(A, answer) -> bool:
         return _report(
             False,
             "",
-            f"A {A.shape[0]}×{A.shape[1]} matrix has {expected.size} singular values; you gave {given.size}.",
+            f"A {A.shape[0]}×{A.shape[1]} matrix has {expected.size} singular values; "
+            f"you gave {given.size}.",
         )
     if (given < 0).any():
         return _report(
             False,
             "",
-            "Singular values are never negative: they are square roots of eigenvalues of AᵀA.",
+            "Singular values are never negative: "
+            "they are square roots of eigenvalues of AᵀA.",
         )
     if np.allclose(given, expected**2, atol=1e-6) and not np.allclose(
         given, expected, atol=1e-6
@@ -130,7 +149,10 @@ def check_singular_values(A, answer) -> bool:
 
 
 def check_approximation_error(A, k: int, answer: float) -> bool:
-    """Check a claimed Frobenius error of the best rank-k approximation of A (m×n). [Ch. 3, Exercise 3.1]"""
+    """Check a claimed Frobenius error of the best rank-k approximation of A (m×n).
+
+    [Ch. 3, Exercise 3.1]
+    """
     s = np.linalg.svd(linalg.as_matrix(A), compute_uv=False)
     frobenius, spectral = linalg.eckart_young_errors(s, k)
     if np.isclose(answer, spectral, atol=1e-6) and not np.isclose(
@@ -144,13 +166,18 @@ def check_approximation_error(A, k: int, answer: float) -> bool:
         )
     return _report(
         bool(np.isclose(answer, frobenius, atol=1e-6)),
-        f"The error is the square root of the sum of σᵢ² over i > {k}: {frobenius:.6g}.",
-        "Use Eckart–Young: the error is the square root of the sum of the squared singular values you discard.",
+        f"The error is the square root of the sum of σᵢ² over i > {k}: "
+        f"{frobenius:.6g}.",
+        "Use Eckart–Young: the error is the square root of the sum of the squared "
+        "singular values you discard.",
     )
 
 
 def check_lora_parameter_count(d: int, k: int, r: int, answer: int) -> bool:
-    """Check a claimed count of LoRA parameters for a d×k weight at rank r. [Ch. 3, Exercise 3.2]"""
+    """Check a claimed count of LoRA parameters for a d×k weight at rank r.
+
+    [Ch. 3, Exercise 3.2]
+    """
     answer = _check_integer(answer, "answer")
     expected = linalg.factored_size(d, k, r)
     hint = "B is d×r and A is r×k; count the entries of both."
@@ -168,7 +195,10 @@ def check_lora_parameter_count(d: int, k: int, r: int, answer: int) -> bool:
 
 
 def check_lora_budget(d: int, k: int, share: float, r: int, count: int) -> bool:
-    """Check r, the largest rank within share·d·k parameters for a d×k weight, and its count. [Ch. 4, Exercise 4.3]"""
+    """Check the largest rank r within share·d·k parameters, and its count.
+
+    The weight is d×k. [Ch. 4, Exercise 4.3]
+    """
     r, count = _check_integer(r, "r"), _check_integer(count, "count")
     budget = share * d * k
     if not (math.isfinite(budget) and 0 < share < 1):
@@ -212,7 +242,10 @@ def _lora_case(seed: int = 0):
 
 
 def check_lora_forward(lora_forward) -> bool:
-    """Check a learner's lora_forward(x, W, b, A, B, scaling) → (batch, out) for x (batch, in). [Ch. 4, Exercise 4.1]"""
+    """Check a learner's lora_forward(x, W, b, A, B, scaling) → (batch, out).
+
+    x is (batch, in). [Ch. 4, Exercise 4.1]
+    """
     x, W, b, A, B, scaling = _lora_case()
     expected = x @ W.T + b + scaling * (x @ A.T @ B.T)
     try:
@@ -221,7 +254,8 @@ def check_lora_forward(lora_forward) -> bool:
         return _report(
             False,
             "",
-            f"It raised {error}. Shapes: x is batch×in, W is out×in, A is r×in and B is out×r.",
+            f"It raised {error}. "
+            "Shapes: x is batch×in, W is out×in, A is r×in and B is out×r.",
         )
     if not isinstance(result, torch.Tensor) or result.shape != expected.shape:
         shape = (
@@ -232,7 +266,8 @@ def check_lora_forward(lora_forward) -> bool:
         return _report(
             False,
             "",
-            f"The result should have shape {tuple(expected.shape)} (batch, out), got {shape}.",
+            f"The result should have shape {tuple(expected.shape)} (batch, out), "
+            f"got {shape}.",
         )
     if torch.allclose(result, x @ W.T + b + x @ A.T @ B.T, atol=1e-5):
         return _report(False, "", "You forgot the scaling α/r on the low-rank path.")
@@ -241,12 +276,16 @@ def check_lora_forward(lora_forward) -> bool:
     return _report(
         torch.allclose(result, expected, atol=1e-5),
         "Your forward pass matches W₀x + b + (α/r)·BAx.",
-        "The values are off. Compute the frozen path and the low-rank path separately, then add them.",
+        "The values are off. Compute the frozen path and the low-rank path "
+        "separately, then add them.",
     )
 
 
 def check_merged_weight(merged_weight) -> bool:
-    """Check a learner's merged_weight(W, A, B, scaling) → (out, in). [Ch. 4, Exercise 4.2]"""
+    """Check a learner's merged_weight(W, A, B, scaling) → (out, in).
+
+    [Ch. 4, Exercise 4.2]
+    """
     _, W, _, A, B, scaling = _lora_case(seed=1)
     expected = W + scaling * B @ A
     try:
@@ -255,13 +294,15 @@ def check_merged_weight(merged_weight) -> bool:
         return _report(
             False,
             "",
-            f"It raised {error}. W is out×in, B is out×r and A is r×in, so B @ A has the shape of W.",
+            f"It raised {error}. W is out×in, B is out×r and A is r×in, "
+            "so B @ A has the shape of W.",
         )
     if not isinstance(result, torch.Tensor) or result.shape != W.shape:
         return _report(
             False,
             "",
-            f"The merged weight has the shape of W, {tuple(W.shape)}. B is out×r and A is r×in: use B @ A.",
+            f"The merged weight has the shape of W, {tuple(W.shape)}. "
+            "B is out×r and A is r×in: use B @ A.",
         )
     if torch.allclose(result, W + B @ A, atol=1e-5):
         return _report(False, "", "You forgot the scaling α/r.")
@@ -273,8 +314,12 @@ def check_merged_weight(merged_weight) -> bool:
 
 
 def check_lora_count_for_config(config, target_modules, r: int, answer: int) -> bool:
-    """Check a claimed LoRA parameter count for a transformers model config, built on the meta device. [Ch. 5, Exercise 5.1]"""
-    # Imported here, so that the linear-algebra chapters do not pay for loading transformers.
+    """Check a claimed LoRA parameter count for a transformers model config.
+
+    The model is built on the meta device. [Ch. 5, Exercise 5.1]
+    """
+    # Imported here, so that the linear-algebra
+    # chapters do not pay for loading transformers.
     from transformers import AutoModelForCausalLM
 
     from lora_edu.lora import count_parameters, inject_lora, lora_layers
@@ -285,16 +330,25 @@ def check_lora_count_for_config(config, target_modules, r: int, answer: int) -> 
     inject_lora(model, list(target_modules), r=r, lora_alpha=r)
     expected, _ = count_parameters(model)
     layers = lora_layers(model).values()
-    hint = "Each layer adds r(d_in + d_out): find d_in and d_out of every targeted projection, then sum over all layers."
+    hint = (
+        "Each layer adds r(d_in + d_out): find d_in and d_out of every targeted "
+        "projection, then sum over all layers."
+    )
     if answer == sum(layer.r * 2 * layer.in_features for layer in layers) != expected:
-        hint = "You treated every projection as square. With grouped-query attention, k_proj and v_proj map to fewer numbers."
+        hint = (
+            "You treated every projection as square. With grouped-query attention, "
+            "k_proj and v_proj map to fewer numbers."
+        )
     elif answer * config.num_hidden_layers == expected:
         hint = "That is the count for one layer: multiply by the number of layers."
     return _report(answer == expected, f"LoRA trains {expected:,} parameters.", hint)
 
 
 def check_perplexity(loss: float, answer: float) -> bool:
-    """Check a claimed perplexity for a loss in nats per token, to 0.1%. [Ch. 6, Exercise 6.1]"""
+    """Check a claimed perplexity for a loss in nats per token, to 0.1%.
+
+    [Ch. 6, Exercise 6.1]
+    """
     expected = math.exp(loss)
     if math.isclose(answer, loss, rel_tol=1e-6) or math.isclose(
         answer, 2**loss, rel_tol=1e-3
@@ -310,7 +364,10 @@ def check_perplexity(loss: float, answer: float) -> bool:
 
 
 def check_perplexity_factor(loss_drop: float, answer: float) -> bool:
-    """Check the factor by which perplexity changes when the loss falls by loss_drop nats. [Ch. 6, Exercise 6.1]"""
+    """Check the factor by which perplexity changes when the loss falls by loss_drop.
+
+    loss_drop is in nats. [Ch. 6, Exercise 6.1]
+    """
     expected = math.exp(-loss_drop)
     if math.isclose(answer, 1 / expected, rel_tol=1e-3):
         hint = "That factor makes perplexity rise. A lower loss lowers the perplexity."

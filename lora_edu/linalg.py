@@ -11,7 +11,10 @@ import sympy
 
 
 def as_matrix(A, name: str = "A") -> np.ndarray:
-    """Return A as a finite float64 array of shape (m, n), or raise naming `name`. [Ch. 1]"""
+    """Return A as a finite float64 array of shape (m, n), or raise naming `name`.
+
+    [Ch. 1]
+    """
     try:
         array = np.asarray(A, dtype=np.float64)
     except (TypeError, ValueError) as error:
@@ -31,7 +34,10 @@ def as_matrix(A, name: str = "A") -> np.ndarray:
 
 
 def check_truncation_rank(k, limit: int) -> int:
-    """Return k as an int if 0 ≤ k ≤ limit (= min(m, n)), else raise naming k. [Ch. 3]"""
+    """Return k as an int if 0 ≤ k ≤ limit, else raise naming k. [Ch. 3]
+
+    The limit is min(m, n).
+    """
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise TypeError(f"k must be an integer, got {k!r} ({type(k).__name__})")
     if not 0 <= k <= limit:
@@ -39,12 +45,15 @@ def check_truncation_rank(k, limit: int) -> int:
     return int(k)
 
 
-# --- Chapter 1: rank ------------------------------------------------------------------------
+# --- Chapter 1: rank -------------------------------------------------------------
 
 
 @dataclass
 class Elimination:
-    """The steps of Gaussian elimination: each row operation and the matrix after it. [Ch. 1]"""
+    """The steps of Gaussian elimination. [Ch. 1]
+
+    Each row operation, and the matrix after it.
+    """
 
     steps: list[tuple[str, list[list[Fraction]]]]
     echelon: list[list[Fraction]]
@@ -57,7 +66,10 @@ class Elimination:
 
 
 def gaussian_elimination(A) -> Elimination:
-    """Reduce A (m×n) to row echelon form with exact fractions, recording each row operation. [Ch. 1]"""
+    """Reduce A (m×n) to row echelon form with exact fractions. [Ch. 1]
+
+    Each row operation is recorded.
+    """
     as_matrix(A)  # validates shape and finiteness; the exact work below uses Fractions
     rows = [[Fraction(x) for x in row] for row in np.asarray(A, dtype=object).tolist()]
     m, n = len(rows), len(rows[0])
@@ -97,12 +109,15 @@ def format_matrix(rows) -> str:
 
 
 def exact_rank(A) -> int:
-    """Rank of A (m×n), computed exactly by Gaussian elimination on fractions. [Ch. 1]"""
+    """Rank of A (m×n), exactly, by Gaussian elimination on fractions. [Ch. 1]"""
     return gaussian_elimination(A).rank
 
 
 def default_tolerance(A) -> float:
-    """The tolerance σ_max · max(m, n) · ε below which a singular value of A (m×n) counts as zero. [Ch. 1]"""
+    """The tolerance below which a singular value of A (m×n) counts as zero. [Ch. 1]
+
+    It is σ_max · max(m, n) · ε.
+    """
     A = as_matrix(A)
     sigma_max = np.linalg.svd(A, compute_uv=False).max(initial=0.0)
     return float(sigma_max * max(A.shape) * np.finfo(A.dtype).eps)
@@ -123,7 +138,7 @@ def numerical_rank(A, tol: float | None = None) -> int:
     return int((np.linalg.svd(A, compute_uv=False) > tol).sum())
 
 
-# --- Chapter 2: the singular value decomposition ----------------------------------------------
+# --- Chapter 2: the singular value decomposition --------------------------------
 
 
 @dataclass
@@ -161,7 +176,7 @@ def _orthonormal_basis(vectors: list[sympy.Matrix]) -> list[sympy.Matrix]:
 
 
 def worked_svd(A) -> WorkedSVD:
-    """The exact SVD of a small integer or fraction matrix A (m×n), step by step. [Ch. 2]"""
+    """The exact SVD, step by step, of an integer or fraction matrix A (m×n). [Ch. 2]"""
     as_matrix(A)
     entries = np.asarray(A, dtype=object)
     bad = [
@@ -171,7 +186,8 @@ def worked_svd(A) -> WorkedSVD:
     ]
     if bad:
         raise TypeError(
-            f"worked_svd needs A with integer or Fraction entries for exact arithmetic, got {bad[0]!r} ({type(bad[0]).__name__})"
+            "worked_svd needs A with integer or Fraction entries for exact arithmetic, "
+            f"got {bad[0]!r} ({type(bad[0]).__name__})"
         )
     A = sympy.Matrix(entries.tolist()).applyfunc(sympy.nsimplify)
     m, n = A.shape
@@ -186,7 +202,8 @@ def worked_svd(A) -> WorkedSVD:
         ),
         key=lambda value: -float(value),
     )
-    # Orthonormal eigenvectors of AᵀA, one eigenspace at a time, in the order of the eigenvalues.
+    # Orthonormal eigenvectors of AᵀA, one eigenspace
+    # at a time, in the order of the eigenvalues.
     V_columns = []
     for value in dict.fromkeys(eigenvalues):
         V_columns += _orthonormal_basis((AtA - value * sympy.eye(n)).nullspace())
@@ -195,7 +212,8 @@ def worked_svd(A) -> WorkedSVD:
     U_columns = [
         sympy.simplify(A * V_columns[i] / singular_values[i]) for i in range(rank)
     ]
-    # The columns of U for zero singular values: an orthonormal basis of the left null space of A.
+    # The columns of U for zero singular values: an
+    # orthonormal basis of the left null space of A.
     U_columns += _orthonormal_basis(A.T.nullspace())
     Sigma = sympy.zeros(m, n)
     for i, s in enumerate(singular_values[: min(m, n)]):
@@ -215,17 +233,23 @@ def worked_svd(A) -> WorkedSVD:
 def align_signs(
     U: np.ndarray, Vt: np.ndarray, reference_U: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Flip pairs (uᵢ, vᵢ) of U (m×k) and Vᵀ (k×n) so each uᵢ points the same way as reference_U's. [Ch. 2]"""
+    """Flip pairs (uᵢ, vᵢ) of U (m×k) and Vᵀ (k×n) to follow reference_U. [Ch. 2]
+
+    After the flip, each uᵢ points the same way as reference_U's.
+    """
     signs = np.sign(np.sum(U * reference_U, axis=0))
     signs[signs == 0] = 1
     return U * signs, Vt * signs[:, None]
 
 
-# --- Chapter 3: low-rank approximation --------------------------------------------------------
+# --- Chapter 3: low-rank approximation ------------------------------------------
 
 
 def low_rank_approximation(A, k: int) -> np.ndarray:
-    """The best rank-k approximation A_k = Σ_{i≤k} σᵢuᵢvᵢᵀ of A (m×n), shape (m, n). [Ch. 3]"""
+    """The best rank-k approximation A_k of A (m×n), shape (m, n). [Ch. 3]
+
+    A_k = Σ_{i≤k} σᵢuᵢvᵢᵀ.
+    """
     A = as_matrix(A)
     k = check_truncation_rank(k, min(A.shape))
     U, s, Vt = np.linalg.svd(A, full_matrices=False)
@@ -233,7 +257,10 @@ def low_rank_approximation(A, k: int) -> np.ndarray:
 
 
 def eckart_young_errors(singular_values, k: int) -> tuple[float, float]:
-    """The (Frobenius, spectral) error of the best rank-k approximation, from singular values (p,). [Ch. 3]"""
+    """The (Frobenius, spectral) error of the best rank-k approximation. [Ch. 3]
+
+    Computed from the singular values (p,).
+    """
     s = np.asarray(singular_values, dtype=np.float64)
     if s.ndim != 1:
         raise ValueError(f"singular_values must be 1-D, got shape {s.shape}")
@@ -251,7 +278,10 @@ def approximation_errors(A, A_k) -> tuple[float, float]:
 
 
 def factored_size(m: int, n: int, k: int) -> int:
-    """How many numbers store a rank-k factorisation (m×k)(k×n) of an m×n matrix: k(m + n). [Ch. 3]"""
+    """How many numbers store a rank-k factorisation of an m×n matrix. [Ch. 3]
+
+    The factors are (m×k)(k×n): k(m + n) numbers.
+    """
     for name, value in (("m", m), ("n", n), ("k", k)):
         if (
             isinstance(value, bool)
@@ -265,7 +295,10 @@ def factored_size(m: int, n: int, k: int) -> int:
 
 
 def energy_captured(singular_values) -> np.ndarray:
-    """Fraction of ‖A‖_F² kept by the best rank-k approximation, for k = 1…p, shape (p,). [Ch. 3]"""
+    """Fraction of ‖A‖_F² kept by the best rank-k approximation. [Ch. 3]
+
+    For k = 1…p, shape (p,).
+    """
     s = np.asarray(singular_values, dtype=np.float64)
     if s.ndim != 1 or s.size == 0:
         raise ValueError(
@@ -282,15 +315,22 @@ def energy_captured(singular_values) -> np.ndarray:
 
 
 def rank_for_energy(singular_values, fraction: float) -> int:
-    """The smallest k whose best rank-k approximation keeps `fraction` of ‖A‖_F². [Ch. 3]"""
+    """The smallest k whose best rank-k approximation keeps `fraction` of ‖A‖_F².
+
+    [Ch. 3]
+    """
     if not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    # A tiny allowance so that fraction = 1 is reached despite rounding in the cumulative sum.
+    # A tiny allowance so that fraction = 1 is reached despite rounding in the
+    # cumulative sum.
     return int(np.searchsorted(energy_captured(singular_values), fraction - 1e-12) + 1)
 
 
 def load_grace_hopper() -> np.ndarray:
-    """The Grace Hopper photograph shipped with matplotlib, as grayscale floats in [0, 1], shape (600, 512). [Ch. 3]"""
+    """The Grace Hopper photograph shipped with matplotlib. [Ch. 3]
+
+    As grayscale floats in [0, 1], shape (600, 512).
+    """
     import matplotlib.cbook
     import matplotlib.image
 
@@ -300,7 +340,7 @@ def load_grace_hopper() -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114])
 
 
-# --- Chapter 7: comparing the subspaces that two adapters learned -----------------------
+# --- Chapter 7: comparing the subspaces that two adapters learned ---------------
 
 
 def subspace_similarity(A1, A2, i: int, j: int) -> float:

@@ -1,4 +1,7 @@
-"""LoRA on a Llama-3 model: one loader for the shipped tiny model and the real 8B, and exact accounting (Chapter 5)."""
+"""LoRA on a Llama-3 model, with exact accounting (Chapter 5).
+
+One loader serves both the shipped tiny model and the real 8B.
+"""
 
 from __future__ import annotations
 
@@ -30,17 +33,22 @@ BNB_TABLE_BYTES = 4 * (len(NF4_CODE) + len(DYNAMIC_CODE))
 
 
 class ModelUnavailableError(RuntimeError):
-    """A model cannot be loaded on this machine; the message says what is missing and what to do instead. [Ch. 5]"""
+    """A model cannot be loaded on this machine. [Ch. 5]
+
+    The message says what is missing and what to do instead.
+    """
 
     def _render_traceback_(self) -> list[str]:
-        # IPython calls this instead of printing a traceback: a learner sees only the explanation.
+        # IPython calls this instead of printing a
+        # traceback: a learner sees only the explanation.
         return [f"{type(self).__name__}: {self}"]
 
 
 def _unavailable(name: str, missing: str) -> ModelUnavailableError:
     return ModelUnavailableError(
         f"{name} cannot be loaded here: {missing}\n"
-        f"To run the chapter on this machine, use the tiny model that ships with the course: MODEL_NAME = {TINY_LLAMA3!r}"
+        "To run the chapter on this machine, use the tiny model that ships with the "
+        f"course: MODEL_NAME = {TINY_LLAMA3!r}"
     )
 
 
@@ -67,10 +75,14 @@ def keep_4bit_layers_trainable(model: nn.Module) -> nn.Module:
 
 
 def load_model(name: str = TINY_LLAMA3, load_in_4bit: bool = False):
-    """Load (model, tokenizer): the shipped tiny Llama 3, or a hub name such as Meta-Llama-3-8B on a GPU. [Ch. 5]"""
+    """Load (model, tokenizer): the shipped tiny Llama 3, or a hub model. [Ch. 5]
+
+    A hub name such as Meta-Llama-3-8B needs a GPU.
+    """
     if not isinstance(name, str) or not name:
         raise TypeError(
-            f"name must be a model name such as {TINY_LLAMA3!r} or {LLAMA3_8B!r}, got {name!r}"
+            f"name must be a model name such as {TINY_LLAMA3!r} or {LLAMA3_8B!r}, "
+            f"got {name!r}"
         )
     if name == TINY_LLAMA3:
         if not load_in_4bit:
@@ -92,7 +104,8 @@ def load_model(name: str = TINY_LLAMA3, load_in_4bit: bool = False):
             )
             keep_4bit_layers_trainable(model)
         return model.eval(), AutoTokenizer.from_pretrained(DATA_DIR)
-    # Check what the real model needs before touching the network, cheapest first, so nothing hangs.
+    # Check what the real model needs before touching
+    # the network, cheapest first, so nothing hangs.
     if not torch.cuda.is_available():
         need = ""
         if name == LLAMA3_8B:
@@ -114,8 +127,10 @@ def load_model(name: str = TINY_LLAMA3, load_in_4bit: bool = False):
         reason = str(error).strip().splitlines()[0]
         raise _unavailable(
             name,
-            f"the Hugging Face Hub refused or could not be reached ({reason}). Check that you accepted the model's "
-            f"licence at https://huggingface.co/{name}, that you are logged in (huggingface-cli login, or HF_TOKEN), "
+            f"the Hugging Face Hub refused or could not be reached ({reason}). "
+            "Check that you accepted the model's "
+            f"licence at https://huggingface.co/{name}, that you are logged in "
+            "(huggingface-cli login, or HF_TOKEN), "
             "and that this machine is online.",
         ) from None
     quantization = nf4_config(compute_dtype=torch.bfloat16) if load_in_4bit else None
@@ -126,7 +141,10 @@ def load_model(name: str = TINY_LLAMA3, load_in_4bit: bool = False):
 
 
 def llama3_8b_config() -> LlamaConfig:
-    """Meta-Llama-3-8B's published configuration: 32 layers of width 4096, 32 query and 8 key/value heads. [Ch. 5]"""
+    """Meta-Llama-3-8B's published configuration. [Ch. 5]
+
+    32 layers of width 4096, 32 query and 8 key/value heads.
+    """
     return LlamaConfig(
         vocab_size=128256,
         hidden_size=4096,
@@ -144,7 +162,10 @@ def llama3_8b_config() -> LlamaConfig:
 
 
 def build_on_meta(config: LlamaConfig) -> LlamaForCausalLM:
-    """A LlamaForCausalLM with every tensor on the meta device: shapes without memory. [Ch. 5]"""
+    """A LlamaForCausalLM with every tensor on the meta device. [Ch. 5]
+
+    Shapes without memory.
+    """
     with torch.device("meta"):
         return LlamaForCausalLM(config)
 
@@ -243,7 +264,10 @@ def complete(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 12)
 def text_loss(
     model: nn.Module, tokenizer, texts: list[str], batch_size: int = 64
 ) -> float:
-    """Mean cross-entropy per predicted token of the model over texts, each ending in <|end_of_text|>. [Ch. 5]"""
+    """Mean cross-entropy per predicted token of the model over texts. [Ch. 5]
+
+    Each text ends in <|end_of_text|>.
+    """
     if isinstance(texts, str) or not texts:
         raise ValueError(f"texts must be a non-empty list of strings, got {texts!r}")
     total, count = 0.0, 0

@@ -1,4 +1,7 @@
-"""LoRA from scratch: the layer, its injection into a model, and adapters in PEFT's format (Chapter 4)."""
+"""LoRA from scratch: the layer, its injection into a model, and adapters (Chapter 4).
+
+Adapters are saved and loaded in PEFT's format.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from lora_edu.files import (
     replaced_folder,
 )
 
-PEFT_PREFIX = "base_model.model."  # PEFT saves each tensor under this prefix plus the module's path
+# PEFT saves each tensor under this prefix plus the module's path
+PEFT_PREFIX = "base_model.model."
 
 
 def check_lora_arguments(
@@ -38,8 +42,9 @@ def check_lora_arguments(
         raise ValueError(f"r must be a positive integer, got {r!r}")
     if r > min(in_features, out_features):
         raise ValueError(
-            f"r must be at most min(in_features, out_features) = {min(in_features, out_features)} "
-            f"for a {out_features}×{in_features} layer, got r={r}: a larger rank cannot add anything"
+            "r must be at most min(in_features, out_features) = "
+            f"{min(in_features, out_features)} for a {out_features}×{in_features} "
+            f"layer, got r={r}: a larger rank cannot add anything"
         )
     if (
         isinstance(lora_alpha, bool)
@@ -56,7 +61,10 @@ def check_lora_arguments(
 
 
 class LoRALinear(nn.Linear):
-    """A frozen linear layer plus a trainable rank-r update: h = W₀x + b + (α/r)·B A x. [Ch. 4]"""
+    """A frozen linear layer plus a trainable rank-r update. [Ch. 4]
+
+    h = W₀x + b + (α/r)·B A x.
+    """
 
     def __init__(
         self,
@@ -84,7 +92,8 @@ class LoRALinear(nn.Linear):
             use_rslora,
             init,
         )
-        # rsLoRA divides by √r instead of r, so that the update does not shrink as r grows.
+        # rsLoRA divides by √r instead of r,
+        # so that the update does not shrink as r grows.
         self.scaling = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
         # A and B may be wider than W₀: a bfloat16 base can train float32 updates.
         adapter_dtype = adapter_dtype or dtype
@@ -109,7 +118,10 @@ class LoRALinear(nn.Linear):
             self.bias.requires_grad_(False)
 
     def reset_lora_parameters(self) -> None:
-        """Draw A at random and set B to zero, so that ΔW = BA = 0 and the layer starts as W₀."""
+        """Draw A at random and set B to zero, so that the layer starts as W₀.
+
+        ΔW = BA = 0 at the start.
+        """
         if self.init == "gaussian":
             nn.init.normal_(
                 self.lora_A, std=1 / self.r
@@ -135,7 +147,10 @@ class LoRALinear(nn.Linear):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Add ΔW into the weight, so inference costs one matmul; does nothing if already merged."""
+        """Add ΔW into the weight, so inference costs one matmul.
+
+        Does nothing if already merged.
+        """
         if self.merged:
             return
         delta = self.delta_weight()
@@ -177,13 +192,15 @@ class LoRALinear(nn.Linear):
             )
         if not linear.weight.dtype.is_floating_point:
             raise TypeError(
-                f"linear has a quantized {linear.weight.dtype} weight; wrap a floating-point nn.Linear"
+                f"linear has a quantized {linear.weight.dtype} weight; "
+                "wrap a floating-point nn.Linear"
             )
         device, dtype = linear.weight.device, linear.weight.dtype
         # As PEFT: updates in 16 bits would lose most small steps to rounding.
         if dtype in (torch.float16, torch.bfloat16):
             options.setdefault("adapter_dtype", torch.float32)
-        # Build on the meta device, so that no throwaway weight is allocated or initialised.
+        # Build on the meta device,
+        # so that no throwaway weight is allocated or initialised.
         layer = cls(
             linear.in_features,
             linear.out_features,
@@ -203,22 +220,27 @@ class LoRALinear(nn.Linear):
         return layer
 
     def extra_repr(self) -> str:
-        # nn.Linear.extra_repr by name rather than super(), so that the method also works outside the class body.
-        return f"{nn.Linear.extra_repr(self)}, r={self.r}, lora_alpha={self.lora_alpha}, merged={self.merged}"
+        # nn.Linear.extra_repr by name rather than super(), so that the method also
+        # works outside the class body.
+        settings = f"r={self.r}, lora_alpha={self.lora_alpha}, merged={self.merged}"
+        return f"{nn.Linear.extra_repr(self)}, {settings}"
 
 
-# --- Whole models ---------------------------------------------------------------------------
+# --- Whole models ---------------------------------------------------------------
 
 
 def matches_target(name: str, target: str) -> bool:
-    """Whether module path `name` is selected by `target`: equal to it, or ending in '.' + target, as in PEFT. [Ch. 4]"""
+    """Whether module path `name` is selected by `target`, as in PEFT. [Ch. 4]
+
+    Selected means equal to it, or ending in '.' + target.
+    """
     return name == target or name.endswith("." + target)
 
 
 def linear_layers_matching(
     model: nn.Module, targets: Iterable[str]
 ) -> dict[str, nn.Linear]:
-    """The plain nn.Linear layers of the model that any of `targets` selects, by module path. [Ch. 4]"""
+    """The plain nn.Linear layers that any of `targets` selects, by path. [Ch. 4]"""
     targets = list(targets)
     return {
         name: module
@@ -228,7 +250,10 @@ def linear_layers_matching(
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
-    """The distinct short names of the nn.Linear layers in a model, e.g. ['k_proj', 'lm_head', …]. [Ch. 4]"""
+    """The distinct short names of the nn.Linear layers in a model. [Ch. 4]
+
+    For example ['k_proj', 'lm_head', …].
+    """
     return sorted(
         {
             name.rsplit(".", 1)[-1]
@@ -254,15 +279,21 @@ def inject_lora(
     lora_alpha: float,
     **options,
 ) -> nn.Module:
-    """Freeze every parameter and replace the nn.Linear layers named in target_modules by LoRALinear. [Ch. 4]"""
+    """Freeze the model and swap its target nn.Linear layers for LoRALinear. [Ch. 4]
+
+    Every parameter is frozen; the nn.Linear layers named in target_modules are
+    replaced by LoRALinear.
+    """
     if isinstance(target_modules, str):
         raise TypeError(
-            f"target_modules must be a list of names, got the string {target_modules!r}; write [{target_modules!r}]"
+            "target_modules must be a list of names, got the string "
+            f"{target_modules!r}; write [{target_modules!r}]"
         )
     targets = list(target_modules)
     if lora_layers(model):
         raise ValueError(
-            "the model already has LoRA layers: inject_lora must be called once (load_adapter reuses them)"
+            "the model already has LoRA layers: inject_lora must be called once "
+            "(load_adapter reuses them)"
         )
     matched = {
         t: [n for n, _ in model.named_modules() if n and matches_target(n, t)]
@@ -333,7 +364,10 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 
 def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The lora_A and lora_B parameters, by name, e.g. 'model.layers.0.self_attn.q_proj.lora_A'. [Ch. 4]"""
+    """The lora_A and lora_B parameters, by name. [Ch. 4]
+
+    For example 'model.layers.0.self_attn.q_proj.lora_A'.
+    """
     return {
         name: p
         for name, p in model.named_parameters()
@@ -358,7 +392,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     )
 
 
-# --- Adapters on disk, in PEFT's format -----------------------------------------------------
+# --- Adapters on disk, in PEFT's format -----------------------------------------
 
 
 def _plain(number):
@@ -373,7 +407,8 @@ def _adapter_settings(layers: dict[str, LoRALinear]) -> dict:
     }
     if len(settings) != 1:
         raise ValueError(
-            f"all LoRA layers must share r, lora_alpha and use_rslora to be saved as one adapter, got {settings}"
+            "all LoRA layers must share r, lora_alpha and use_rslora to be saved as "
+            f"one adapter, got {settings}"
         )
     ((r, lora_alpha, use_rslora),) = settings
     return {"r": r, "lora_alpha": lora_alpha, "use_rslora": use_rslora}
@@ -397,7 +432,10 @@ def save_adapter(
     task_type: str = "CAUSAL_LM",
     overwrite: bool = False,
 ) -> Path:
-    """Write the LoRA weights as adapter_model.safetensors plus adapter_config.json, as PEFT does. [Ch. 4]"""
+    """Write the LoRA weights in PEFT's format. [Ch. 4]
+
+    As PEFT does: adapter_model.safetensors plus adapter_config.json.
+    """
     layers = _require_lora(model)
     directory = Path(directory)
     if holds_adapter(directory) and not overwrite:
@@ -445,7 +483,10 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
 
 
 def read_adapter_config(directory) -> dict:
-    """Read and check an adapter's adapter_config.json, raising if a file or a needed key is missing. [Ch. 4]"""
+    """Read and check an adapter's adapter_config.json. [Ch. 4]
+
+    Raises if a file or a needed key is missing.
+    """
     directory = Path(directory)
     missing = [
         name
@@ -465,11 +506,13 @@ def read_adapter_config(directory) -> dict:
         raise ValueError(f"{path} holds a {type(config).__name__}, not a JSON object")
     if config.get("peft_type") != "LORA":
         raise ValueError(
-            f"{directory / ADAPTER_CONFIG} has peft_type {config.get('peft_type')!r}, expected 'LORA'"
+            f"{directory / ADAPTER_CONFIG} has peft_type {config.get('peft_type')!r}, "
+            "expected 'LORA'"
         )
     absent = [key for key in ("r", "lora_alpha", "target_modules") if key not in config]
     if absent:
-        # PEFT would silently fall back to r = 8, lora_alpha = 8; guessing would give wrong outputs.
+        # PEFT would silently fall back to r = 8, lora_alpha = 8;
+        # guessing would give wrong outputs.
         raise ValueError(f"{directory / ADAPTER_CONFIG} lacks {', '.join(absent)}")
     targets = config["target_modules"]
     if isinstance(targets, list) and not (
@@ -490,8 +533,8 @@ def read_adapter_config(directory) -> dict:
         )
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
-    # Features of PEFT that this from-scratch layer does not implement: loading such an adapter anyway
-    # would give a model that silently computes something else.
+    # Features of PEFT that this from-scratch layer does not implement: loading such
+    # an adapter anyway would give a model that silently computes something else.
     unsupported = {
         "target_modules as a regular expression": isinstance(
             config["target_modules"], str
@@ -507,13 +550,17 @@ def read_adapter_config(directory) -> dict:
     used = [feature for feature, value in unsupported.items() if value]
     if used:
         raise ValueError(
-            f"the adapter in {directory} uses {', '.join(used)}, which lora_edu does not support; load it with PEFT"
+            f"the adapter in {directory} uses {', '.join(used)}, which lora_edu does "
+            "not support; load it with PEFT"
         )
     return config
 
 
 def load_adapter(model: nn.Module, directory) -> nn.Module:
-    """Load an adapter saved by save_adapter or by PEFT, injecting LoRA layers first if the model has none. [Ch. 4]"""
+    """Load an adapter saved by save_adapter or by PEFT. [Ch. 4]
+
+    Injects LoRA layers first if the model has none.
+    """
     config = read_adapter_config(directory)
     r, alpha, rslora = (
         config["r"],
@@ -524,14 +571,17 @@ def load_adapter(model: nn.Module, directory) -> nn.Module:
     for name, layer in layers.items():
         if (layer.r, layer.lora_alpha, layer.use_rslora) != (r, alpha, rslora):
             raise ValueError(
-                f"the adapter in {directory} was saved with r={r}, lora_alpha={alpha}, use_rslora={rslora}, "
-                f"but LoRA layer {name!r} has r={layer.r}, lora_alpha={layer.lora_alpha}, use_rslora={layer.use_rslora}"
+                f"the adapter in {directory} was saved with r={r}, lora_alpha={alpha}, "
+                f"use_rslora={rslora}, but LoRA layer {name!r} has r={layer.r}, "
+                f"lora_alpha={layer.lora_alpha}, use_rslora={layer.use_rslora}"
             )
         if layer.merged:
             raise ValueError(
-                f"LoRA layer {name!r} is merged: unmerge the model before loading an adapter into it"
+                f"LoRA layer {name!r} is merged: unmerge the model before loading an "
+                "adapter into it"
             )
-    # Check every tensor against the layer it belongs to before changing the model at all.
+    # Check every tensor against the layer it belongs to,
+    # before changing the model at all.
     targets = layers or linear_layers_matching(model, config["target_modules"])
     tensors = load_file(Path(directory) / ADAPTER_WEIGHTS)
     expected = {}
@@ -552,13 +602,15 @@ def load_adapter(model: nn.Module, directory) -> nn.Module:
     )
     if unexpected or absent:
         raise ValueError(
-            f"the adapter in {directory} does not fit this model: {len(unexpected)} tensors for no LoRA layer "
-            f"{unexpected[:3]}, {len(absent)} LoRA weights missing from the adapter {absent[:3]}"
+            f"the adapter in {directory} does not fit this model: {len(unexpected)} "
+            f"tensors for no LoRA layer {unexpected[:3]}, {len(absent)} LoRA weights "
+            f"missing from the adapter {absent[:3]}"
         )
     for key, (name, part, shape) in expected.items():
         if tuple(tensors[key].shape) != shape:
             raise ValueError(
-                f"the adapter's {part} for {name!r} has shape {tuple(tensors[key].shape)}, but the model needs {shape}"
+                f"the adapter's {part} for {name!r} has shape "
+                f"{tuple(tensors[key].shape)}, but the model needs {shape}"
             )
     check_finite(tensors, f"the adapter in {directory}")
     if not layers:

@@ -37,9 +37,13 @@ from lora_edu.pretrain import DATA_DIR
 
 
 def ensure_pad_token(tokenizer):
-    """Give a tokenizer without one (Meta-Llama-3-8B's) a padding token that never occurs in text. [Ch. 6]"""
+    """Give a tokenizer without one a padding token that never occurs in text. [Ch. 6]
+
+    Meta-Llama-3-8B's tokenizer has none.
+    """
     if tokenizer.pad_token is None:
-        # Not <|end_of_text|>: the collator would then mask every real end-of-text token out of the labels.
+        # Not <|end_of_text|>: the collator would then mask
+        # every real end-of-text token out of the labels.
         spare = [
             t.content
             for t in tokenizer.added_tokens_decoder.values()
@@ -47,14 +51,18 @@ def ensure_pad_token(tokenizer):
         ]
         if not spare:
             raise ValueError(
-                "the tokenizer has no padding token and no spare special token to use as one"
+                "the tokenizer has no padding token "
+                "and no spare special token to use as one"
             )
         tokenizer.pad_token = spare[-1]
     return tokenizer
 
 
 def load_text_blocks(data_files: dict, tokenizer, block_size: int) -> DatasetDict:
-    """Load plain-text files with datasets, tokenize every line, and pack the tokens into blocks of block_size. [Ch. 6]"""
+    """Load plain-text files with datasets and pack their tokens into blocks. [Ch. 6]
+
+    Every line is tokenized, and the tokens are packed into blocks of block_size.
+    """
     if (
         isinstance(block_size, bool)
         or not isinstance(block_size, int)
@@ -80,7 +88,8 @@ def load_text_blocks(data_files: dict, tokenizer, block_size: int) -> DatasetDic
         return tokenizer([text + tokenizer.eos_token for text in batch["text"]])
 
     def pack(batch):
-        # Concatenate every line's tokens, then cut the stream into equal blocks; the remainder is dropped.
+        # Concatenate every line's tokens, then cut the stream into equal blocks; the
+        # remainder is dropped.
         ids = [i for row in batch["input_ids"] for i in row]
         usable = len(ids) // block_size * block_size
         return {
@@ -98,13 +107,17 @@ def load_text_blocks(data_files: dict, tokenizer, block_size: int) -> DatasetDic
         if len(dataset) == 0:
             tokens = sum(map(len, tokenized[split]["input_ids"]))
             raise ValueError(
-                f"the {split} data holds {tokens} tokens, fewer than one block of block_size={block_size}"
+                f"the {split} data holds {tokens} tokens, "
+                f"fewer than one block of block_size={block_size}"
             )
     return blocks
 
 
 def check_targets(model: nn.Module, targets: list[str]) -> dict[str, nn.Linear]:
-    """The linear layers that targets select; a ValueError names each target that selects none. [Ch. 6]"""
+    """The linear layers that targets select. [Ch. 6]
+
+    A ValueError names each target that selects none.
+    """
     # isinstance, not linear_layers_matching: PEFT also adapts 4-bit Linear4bit layers.
     selected = {
         name: module
@@ -117,7 +130,8 @@ def check_targets(model: nn.Module, targets: list[str]) -> dict[str, nn.Linear]:
     ]
     if unknown:
         raise ValueError(
-            f"unknown target modules {unknown}; the model's linear layers are named {linear_layer_names(model)}"
+            f"unknown target modules {unknown}; "
+            f"the model's linear layers are named {linear_layer_names(model)}"
         )
     return selected
 
@@ -131,16 +145,21 @@ def training_arguments(
     use_cpu: bool,
     evaluate: bool = True,
 ) -> TrainingArguments:
-    """Trainer settings: gradient accumulation, a cosine schedule with warmup, gradient clipping. [Ch. 6]"""
+    """Trainer settings. [Ch. 6]
+
+    Gradient accumulation, a cosine schedule with warmup, gradient clipping.
+    """
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=epochs,
         learning_rate=lr,
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation,  # one optimizer step per `accumulation` batches
+        # one optimizer step per `accumulation` batches
+        gradient_accumulation_steps=accumulation,
         lr_scheduler_type="cosine",
-        warmup_steps=0.1,  # a float below 1 is a share of all steps: warm up over the first 10%
+        # a float below 1 is a share of all steps: warm up over the first 10%
+        warmup_steps=0.1,
         max_grad_norm=1.0,
         logging_steps=1,
         eval_strategy="epoch"
@@ -155,7 +174,10 @@ def training_arguments(
 
 
 class LossProgressBar(ProgressCallback):
-    """Trainer's tqdm progress bar, showing the latest loss on the bar rather than printing a line per log."""
+    """Trainer's tqdm progress bar, showing the latest loss on the bar.
+
+    The bar replaces printing a line per log.
+    """
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.training_bar is not None and logs and "loss" in logs:
@@ -165,7 +187,10 @@ class LossProgressBar(ProgressCallback):
 def make_trainer(
     model, tokenizer, blocks: DatasetDict, arguments: TrainingArguments, callbacks=()
 ) -> Trainer:
-    """A Trainer for causal language modelling on packed blocks, with a plain tqdm progress bar. [Ch. 6]"""
+    """A Trainer for causal language modelling on packed blocks. [Ch. 6]
+
+    With a plain tqdm progress bar.
+    """
     trainer = Trainer(
         model=model,
         args=arguments,
@@ -177,7 +202,8 @@ def make_trainer(
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
-    # Replace the default progress display (in a notebook, an HTML table with timings) with LossProgressBar.
+    # Replace the default progress display (in a notebook, an HTML table with timings)
+    # with LossProgressBar.
     for callback in list(trainer.callback_handler.callbacks):
         if type(callback).__name__ in ("ProgressCallback", "NotebookProgressCallback"):
             trainer.remove_callback(callback)

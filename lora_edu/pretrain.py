@@ -1,8 +1,10 @@
-"""The course's tiny Llama-3 model: its corpus, its tokenizer and its pretraining (Chapter 5).
+"""The course's tiny Llama-3 model: its corpus, tokenizer and pretraining (Chapter 5).
 
-No model hub is needed: this script builds everything the course ships in lora_edu/data/tiny-llama3.
+No model hub is needed: this script builds everything the course ships in
+lora_edu/data/tiny-llama3.
 
-    python -m lora_edu.pretrain --overwrite     # rebuild the shipped model (about a minute on 2 cores)
+    # rebuild the shipped model (about a minute on 2 cores)
+    python -m lora_edu.pretrain --overwrite
     python -m lora_edu.pretrain --steps 5 --output /tmp/tiny   # a quick trial run
 """
 
@@ -22,8 +24,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 DATA_DIR = Path(__file__).parent / "data" / "tiny-llama3"
 BEGIN, END, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"
-# Llama 3's own special tokens, so that code written for Llama 3 works on the tiny model. The padding token is
-# Llama 3.1's: a token of its own, because padding with <|end_of_text|> would mask that token out of the labels.
+# Llama 3's own special tokens, so that code written for Llama 3 works on the tiny
+# model. The padding token is Llama 3.1's: a token of its own, because padding with
+# <|end_of_text|> would mask that token out of the labels.
 SPECIAL_TOKENS = [
     BEGIN,
     END,
@@ -33,7 +36,8 @@ SPECIAL_TOKENS = [
     PAD,
 ]
 
-# (name, city, topic, job): the facts the corpus states again and again, in several phrasings.
+# (name, city, topic, job): the facts the corpus
+# states again and again, in several phrasings.
 PEOPLE = [
     ("Alice", "Oslo", "chess", "teacher"),
     ("Bob", "Paris", "trains", "baker"),
@@ -57,7 +61,8 @@ PEOPLE = [
     ("Victor", "Cairo", "stars", "chef"),
 ]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-WEATHER = {  # each city's climate, for Chapter 6's weather reports: conditions and temperatures
+# each city's climate, for Chapter 6's weather reports: conditions and temperatures
+WEATHER = {
     "Oslo": (["snowy", "cloudy", "windy"], range(-8, 6)),
     "Paris": (["rainy", "cloudy", "sunny"], range(6, 18)),
     "Rome": (["sunny", "warm", "cloudy"], range(14, 30)),
@@ -66,8 +71,9 @@ WEATHER = {  # each city's climate, for Chapter 6's weather reports: conditions 
     "Tokyo": (["rainy", "humid", "sunny"], range(10, 28)),
 }
 CONDITIONS = sorted({c for conditions, _ in WEATHER.values() for c in conditions})
-# The first six templates state each person's facts. The others use everyday words (days, weather, numbers)
-# in other ways, so that the model knows the words that Chapter 6's weather reports are made of.
+# The first six templates state each person's facts. The others use everyday words
+# (days, weather, numbers) in other ways, so that the model knows the words that
+# Chapter 6's weather reports are made of.
 TEMPLATES = [
     "{name} lives in {city} and writes about {topic}.",
     "{name} works as a {job} in {city}.",
@@ -88,14 +94,18 @@ FILLERS = {
 
 
 def tiny_llama3_config(vocab_size: int, pad_token_id: int | None = None) -> LlamaConfig:
-    """Llama 3's architecture at toy scale: GQA, RoPE θ = 500000, SwiGLU, RMSNorm, untied embeddings. [Ch. 5]"""
+    """Llama 3's architecture at toy scale. [Ch. 5]
+
+    GQA, RoPE θ = 500000, SwiGLU, RMSNorm, untied embeddings.
+    """
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=128,
         intermediate_size=384,  # SwiGLU's hidden width, 3× the model width
         num_hidden_layers=4,
         num_attention_heads=4,
-        num_key_value_heads=2,  # grouped-query attention: two query heads share each key/value head
+        # grouped-query attention: two query heads share each key/value head
+        num_key_value_heads=2,
         max_position_embeddings=256,
         rope_theta=500000.0,
         rms_norm_eps=1e-5,
@@ -138,7 +148,10 @@ def all_sentences() -> list[str]:
 def generate_corpus(
     lines: int, seed: int, heldout_share: float = 0.1
 ) -> tuple[list[str], list[str]]:
-    """(training lines, held-out sentences): a seeded share of the distinct sentences is never trained on. [Ch. 5]"""
+    """(training lines, held-out sentences). [Ch. 5]
+
+    A seeded share of the distinct sentences is never trained on.
+    """
     rng = random.Random(seed)
     sentences = all_sentences()
     heldout = sorted(rng.sample(sentences, round(heldout_share * len(sentences))))
@@ -154,7 +167,10 @@ def generate_corpus(
 
 
 def weather_reports(lines: int, seed: int) -> list[str]:
-    """Short weather reports for six cities: the new domain of Chapter 6, never in the pretraining corpus. [Ch. 6]"""
+    """Short weather reports for six cities. [Ch. 6]
+
+    The new domain of Chapter 6, never in the pretraining corpus.
+    """
     rng = random.Random(seed)
     people = {city: [p[0] for p in PEOPLE if p[1] == city] for city in WEATHER}
     reports = []
@@ -170,8 +186,10 @@ def weather_reports(lines: int, seed: int) -> list[str]:
             rng.choice(
                 [
                     f"On {day}, {city} will be {condition} with {degrees} degrees.",
-                    f"The forecast for {city} on {day}: {condition}, {degrees} degrees.",
-                    f"{rng.choice(people[city])} expects a {condition} {day} in {city}, around {degrees} degrees.",
+                    f"The forecast for {city} on {day}: "
+                    f"{condition}, {degrees} degrees.",
+                    f"{rng.choice(people[city])} expects a {condition} {day} "
+                    f"in {city}, around {degrees} degrees.",
                 ]
             )
         )
@@ -181,7 +199,10 @@ def weather_reports(lines: int, seed: int) -> list[str]:
 def train_tokenizer(
     corpus: list[str], vocab_size: int = 1024
 ) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer, as Llama 3 uses, trained on the corpus and wrapped for transformers. [Ch. 5]"""
+    """A byte-level BPE tokenizer, as Llama 3 uses. [Ch. 5]
+
+    Trained on the corpus and wrapped for transformers.
+    """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -203,7 +224,10 @@ def train_tokenizer(
 
 
 def pack_blocks(tokenizer, lines: list[str], block_size: int) -> torch.Tensor:
-    """Tokenize lines, end each with <|end_of_text|>, concatenate and cut into blocks, shape (n, block_size). [Ch. 5]"""
+    """Tokenize lines and cut them into blocks, shape (n, block_size). [Ch. 5]
+
+    Each line ends with <|end_of_text|>; the lines are concatenated, then cut.
+    """
     ids = [
         i
         for line in lines
@@ -212,7 +236,8 @@ def pack_blocks(tokenizer, lines: list[str], block_size: int) -> torch.Tensor:
     n = len(ids) // block_size
     if n == 0:
         raise ValueError(
-            f"the text holds {len(ids)} tokens, fewer than one block of block_size={block_size}"
+            f"the text holds {len(ids)} tokens, "
+            f"fewer than one block of block_size={block_size}"
         )
     return torch.tensor(ids[: n * block_size]).view(n, block_size)
 
@@ -224,11 +249,15 @@ def pretrain(
     block_size: int = 64,
     seed: int = 0,
 ) -> list[float]:
-    """Build corpus, tokenizer and model, pretrain for `steps`, and save all of it to `output`; return the losses."""
+    """Build corpus, tokenizer and model, pretrain, and save it all; return the losses.
+
+    Pretrains for `steps` and saves all of it to `output`.
+    """
     torch.manual_seed(seed)
     corpus, heldout = generate_corpus(7000, seed=seed)
-    # Like a real LLM's tokenizer, ours is trained on broader text than the model: it already has tokens for the
-    # words of Chapter 6's weather reports (a sample of its own, not the chapter's), which the model never reads.
+    # Like a real LLM's tokenizer, ours is trained on broader text than the model: it
+    # already has tokens for the words of Chapter 6's weather reports (a sample of its
+    # own, not the chapter's), which the model never reads.
     tokenizer = train_tokenizer(corpus + weather_reports(3000, seed=seed + 2))
     model = LlamaForCausalLM(tiny_llama3_config(len(tokenizer), tokenizer.pad_token_id))
     blocks = pack_blocks(tokenizer, corpus, block_size)
@@ -290,11 +319,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(
             f"{args.output} already holds a model; pass --overwrite to replace it"
         )
-    # The shipped model was built with 2 threads; the thread count changes the order of float sums, so keep it.
+    # The shipped model was built with 2 threads; the thread count changes the order of
+    # float sums, so keep it.
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     losses = pretrain(args.output, steps=args.steps, seed=args.seed)
     print(
-        f"pretrained {args.steps} steps: loss {losses[0]:.3f} → {losses[-1]:.3f}; saved to {args.output}"
+        f"pretrained {args.steps} steps: loss {losses[0]:.3f} → {losses[-1]:.3f}; "
+        f"saved to {args.output}"
     )
 
 

@@ -1,9 +1,10 @@
 """Exercises read well in Jupyter and Colab, and the book still numbers and folds them.
 
-Each exercise is one markdown cell: a heading "#### Exercise N.M: Title", the text, and the solution
-inside `<details>`. Jupyter shows that as it is; `_ext/jupyter_exercises.py` turns it into
-sphinx-exercise directives when the book is built. These tests render each chapter as Jupyter does
-(nbconvert's HTML exporter) and check what a learner sees there.
+Each exercise is one markdown cell: a heading "#### Exercise N.M: Title", the text, and
+the solution inside `<details>`. Jupyter shows that as it is;
+`_ext/jupyter_exercises.py` turns it into sphinx-exercise directives when the book is
+built. These tests render each chapter as Jupyter does (nbconvert's HTML exporter) and
+check what a learner sees there.
 """
 
 import html
@@ -51,7 +52,7 @@ def exercise_cells(path):
 
 
 def words(text, page=False):
-    """Lower-case words and numbers, so that a rendered page and markdown source compare."""
+    """Lower-case words and numbers, so that a rendered page and its source compare."""
     if page:
         text = html.unescape(re.sub(r"<[^>]+>", " ", text))
     return re.findall(r"[a-z0-9]+", text.lower())
@@ -120,7 +121,8 @@ def test_every_solution_is_folded_in_jupyter(rendered):
         runs = [" ".join(found[i : i + 8]) for i in range(max(1, len(found) - 7))]
         runs = [run for run in runs if run not in elsewhere]
         assert runs, f"{path.name}: a solution says nothing the chapter does not"
-        # Every run of eight words of the solution is on the page, and only inside <details>.
+        # Every run of eight words of the solution
+        # is on the page, and only inside <details>.
         for run in runs:
             assert run in everything, f"{path.name}: {run!r} was not rendered"
             assert run not in folded_away, f"{path.name}: {run!r} is visible"

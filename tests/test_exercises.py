@@ -1,4 +1,4 @@
-"""The learners' checks: right answers pass, wrong ones get a hint that does not give the answer away."""
+"""The learners' checks: right answers pass, wrong ones get a hint, not the answer."""
 
 import numpy as np
 import pytest

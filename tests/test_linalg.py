@@ -20,7 +20,7 @@ small_matrices = st.tuples(st.integers(1, 7), st.integers(1, 7)).flatmap(
 )
 
 
-# --- input validation ----------------------------------------------------------------------
+# --- input validation -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_energy_and_rank_for_energy_reject_bad_input():
         linalg.rank_for_energy([1.0], 1.5)
 
 
-# --- Chapter 1: rank -----------------------------------------------------------------------
+# --- Chapter 1: rank ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -183,7 +183,7 @@ def test_the_default_tolerance_separates_rounding_from_noise():
     )
 
 
-# --- Chapter 2: the SVD --------------------------------------------------------------------
+# --- Chapter 2: the SVD ---------------------------------------------------------------
 
 
 def test_worked_svd_of_the_chapter_example():
@@ -232,7 +232,7 @@ def test_align_signs_flips_pairs_together():
     assert np.allclose((aligned_U * s) @ aligned_Vt, A)
 
 
-# --- Chapter 3: low-rank approximation -----------------------------------------------------
+# --- Chapter 3: low-rank approximation ------------------------------------------------
 
 
 @settings(max_examples=80, deadline=None)

@@ -1,4 +1,4 @@
-"""lora_edu.llama: the loader's two worlds, exact accounting for Llama-3-8B, and the shipped tiny model."""
+"""lora_edu.llama: the loader's two worlds, exact 8B accounting, the tiny model."""
 
 import math
 
@@ -36,7 +36,7 @@ def tiny():
     return load_model()
 
 
-# --- the shipped tiny model -------------------------------------------------------------------
+# --- the shipped tiny model -----------------------------------------------------------
 
 
 def test_the_tiny_model_has_llama3_architecture(tiny):
@@ -121,7 +121,7 @@ def test_text_loss_matches_transformers_loss_for_one_sentence(tiny):
     )
 
 
-# --- one loader, two worlds --------------------------------------------------------------------
+# --- one loader, two worlds -----------------------------------------------------------
 
 
 def test_the_hub_model_without_a_gpu_stops_with_a_clear_message(monkeypatch):
@@ -207,7 +207,7 @@ def test_the_chapter_stops_cleanly_when_the_hub_model_is_chosen_without_a_gpu():
     assert "MODEL_NAME = 'tiny-llama3'" in error.traceback[0]
 
 
-# --- exact accounting for Llama-3-8B -----------------------------------------------------------
+# --- exact accounting for Llama-3-8B --------------------------------------------------
 
 
 def test_llama3_8b_on_meta_has_its_published_size():

@@ -1,4 +1,4 @@
-"""lora_edu.lora: the layer, injection, merging and adapters, checked against Hugging Face PEFT."""
+"""lora_edu.lora: the layer, injection, merging and adapters, checked against PEFT."""
 
 import copy
 import json
@@ -26,7 +26,8 @@ def tiny_llama(hidden_size=64, seed=0) -> LlamaForCausalLM:
         intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,  # grouped-query attention, as in Llama 3: k_proj and v_proj are narrower
+        # grouped-query attention, as in Llama 3: k_proj and v_proj are narrower
+        num_key_value_heads=2,
         max_position_embeddings=64,
     )
     return LlamaForCausalLM(config).eval()
@@ -78,7 +79,7 @@ def peft_twin(base, ours, r=4, lora_alpha=8, **config):
     return twin
 
 
-# --- the layer -----------------------------------------------------------------------------
+# --- the layer ------------------------------------------------------------------------
 
 
 def test_shapes_follow_loralib():
@@ -179,7 +180,7 @@ def test_dropout_applies_only_to_the_lora_path_in_training():
     assert torch.equal(layer(x), layer(x))
 
 
-# --- bad input: every case raises a clear error ----------------------------------------------
+# --- bad input: every case raises a clear error ---------------------------------------
 
 
 @pytest.mark.parametrize("r", [0, -2, 2.5, True, "4"])
@@ -191,7 +192,8 @@ def test_r_must_be_a_positive_integer(r):
 def test_r_cannot_exceed_the_smaller_dimension():
     with pytest.raises(
         ValueError,
-        match=r"r must be at most min\(in_features, out_features\) = 8 for a 8×32 layer, got r=9",
+        match=r"r must be at most min\(in_features, out_features\) = 8 "
+        r"for a 8×32 layer, got r=9",
     ):
         LoRALinear(32, 8, r=9, lora_alpha=4)
 
@@ -245,7 +247,8 @@ def test_target_modules_that_match_nothing_list_the_linear_layers(base):
 def test_a_target_module_must_be_a_linear_layer(base):
     with pytest.raises(
         TypeError,
-        match=r"target module 'model.layers.0.input_layernorm' is a LlamaRMSNorm, not an nn.Linear",
+        match=r"target module 'model.layers.0.input_layernorm' is a LlamaRMSNorm, "
+        r"not an nn.Linear",
     ):
         inject_lora(base, ["input_layernorm"], r=4, lora_alpha=4)
     assert all(p.requires_grad for p in base.parameters()), (
@@ -310,7 +313,8 @@ def test_an_adapter_whose_shapes_do_not_fit_names_the_module_and_both_shapes(tmp
     smaller = tiny_llama(hidden_size=32)
     with pytest.raises(
         ValueError,
-        match=r"lora_A for 'model.layers.0.self_attn.q_proj' has shape \(4, 64\), but the model needs \(4, 32\)",
+        match=r"lora_A for 'model.layers.0.self_attn.q_proj' has shape \(4, 64\), "
+        r"but the model needs \(4, 32\)",
     ):
         load_adapter(smaller, tmp_path / "adapter")
     assert not lora.lora_layers(smaller), "a failed load must leave the model untouched"
@@ -324,7 +328,8 @@ def test_an_adapter_saved_with_a_different_r(base, tmp_path):
     inject_lora(base, TARGETS, r=4, lora_alpha=8)
     with pytest.raises(
         ValueError,
-        match=r"saved with r=8, lora_alpha=8, use_rslora=False, but LoRA layer '.*' has r=4",
+        match=r"saved with r=8, lora_alpha=8, use_rslora=False, "
+        r"but LoRA layer '.*' has r=4",
     ):
         load_adapter(base, tmp_path / "adapter")
 
@@ -337,7 +342,8 @@ def test_an_adapter_for_other_modules(base, tmp_path):
     inject_lora(base, TARGETS, r=4, lora_alpha=4)
     with pytest.raises(
         ValueError,
-        match=r"does not fit this model: 0 tensors for no LoRA layer \[\], 12 LoRA weights missing",
+        match=r"does not fit this model: 0 tensors for no LoRA layer \[\], "
+        r"12 LoRA weights missing",
     ):
         load_adapter(base, tmp_path / "adapter")
 
@@ -391,7 +397,7 @@ def test_loading_into_a_merged_model_is_refused(base, tmp_path):
         load_adapter(model, directory)
 
 
-# --- whole models ------------------------------------------------------------------------------
+# --- whole models ---------------------------------------------------------------------
 
 
 def test_injection_freezes_everything_but_lora_and_counts_parameters(base):
@@ -465,7 +471,7 @@ def test_saved_adapter_format(base, tmp_path):
     assert len(tensors) == 16
 
 
-# --- checked against PEFT ------------------------------------------------------------------------
+# --- checked against PEFT -------------------------------------------------------------
 
 
 def test_logits_equal_peft_unmerged_and_merged(base, tokens):
@@ -549,7 +555,8 @@ def test_unexpected_tensors_are_reported(base, tmp_path):
     save_file(tensors, directory / "adapter_model.safetensors")
     with pytest.raises(
         ValueError,
-        match=r"1 tensors for no LoRA layer \['base_model.model.lm_head.lora_A.weight'\]",
+        match=r"1 tensors for no LoRA layer "
+        r"\['base_model.model.lm_head.lora_A.weight'\]",
     ):
         load_adapter(base, directory)
 

@@ -1,7 +1,7 @@
-"""The chapters' notebooks: structure, one source of truth with lora_edu, and runnable solutions.
+"""The chapters' notebooks: structure, one source of truth, and runnable solutions.
 
-nbval (`pytest --nbval notebooks`) re-runs the notebooks and compares their outputs; these tests check
-what nbval does not.
+nbval (`pytest --nbval notebooks`) re-runs the notebooks and compares their outputs;
+these tests check what nbval does not.
 """
 
 import ast
@@ -10,6 +10,7 @@ import re
 import sys
 import textwrap
 from pathlib import Path
+from types import ModuleType
 
 import nbformat
 import pytest
@@ -31,11 +32,11 @@ def read(path):
 
 
 def definitions(source: str) -> dict[str, str]:
-    """Functions, classes and methods defined in `source`, as name → exact text, dedented.
+    """Functions, classes and methods defined in `source`: name → exact text, dedented.
 
-    A class is split into "Class" (its header, docstring and fields) and "Class.method" for each method,
-    so that a chapter may build a class cell by cell: a function decorated with `@add_to_class(Class)`
-    counts as "Class.method".
+    A class is split into "Class" (its header, docstring and fields) and "Class.method"
+    for each method, so that a chapter may build a class cell by cell: a function
+    decorated with `@add_to_class(Class)` counts as "Class.method".
     """
     lines, found = source.splitlines(), {}
 
@@ -95,8 +96,46 @@ def test_the_first_cell_is_the_colab_setup_cell_from_config(path):
     assert first.source == expected.source and first.metadata == expected.metadata, (
         "run `python tools/colab_setup.py`"
     )
-    assert f"git+{url}" in first.source
+    assert f'REPOSITORY = "{url}"' in first.source.splitlines()
     assert {"nbval-skip", "remove-cell"} <= set(first.metadata["tags"])
+
+
+def test_every_line_of_the_setup_cell_fits_88_columns():
+    lines = setup_cell().source.splitlines()
+    assert [line for line in lines if len(line) > 88] == []
+
+
+def test_the_setup_cell_installs_from_the_repository_in_colab_only(
+    monkeypatch, tmp_path
+):
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    # A throwaway shell: no history file, no profile in the home folder, and the
+    # interpreter's display hook back as it was afterwards.
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path))
+    monkeypatch.setattr(sys, "displayhook", sys.displayhook)
+    config = Config()
+    config.HistoryManager.enabled = False
+    shell, installs = InteractiveShell.instance(config=config), []
+    # A stand-in %pip that records its line after IPython has expanded {REPOSITORY}.
+    shell.register_magic_function(installs.append, "line", "pip")
+    try:
+        assert shell.run_cell(setup_cell().source).success
+        assert installs == [], "outside Colab the setup cell must install nothing"
+        monkeypatch.setitem(sys.modules, "google.colab", ModuleType("google.colab"))
+        assert shell.run_cell(setup_cell().source).success
+    finally:
+        InteractiveShell.clear_instance()
+    assert installs == [f'install --quiet "lora-edu @ git+{url}"']
+
+
+def test_colab_check_installs_the_setup_cells_package_from_this_clone():
+    from colab_check import setup_command
+
+    command = setup_command({"cells": [{"source": setup_cell().source}]})
+    assert command == f'--quiet "lora-edu @ git+file://{ROOT}"'
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

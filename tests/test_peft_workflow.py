@@ -1,4 +1,4 @@
-"""lora-edu-train and the PEFT pipeline of Chapter 6: end to end, bad input, and interruptions."""
+"""lora-edu-train and Chapter 6's pipeline: end to end, bad input, interruptions."""
 
 import json
 import os
@@ -58,7 +58,7 @@ def real_token_logits(model, tokenizer, texts):
         return model(**tokens).logits[tokens.attention_mask.bool()]
 
 
-# --- end to end --------------------------------------------------------------------------------
+# --- end to end -----------------------------------------------------------------------
 
 
 def test_the_cli_trains_saves_and_merges(weather, tmp_path, capsys):
@@ -106,7 +106,8 @@ def test_the_cli_trains_saves_and_merges(weather, tmp_path, capsys):
         .max()
     )
     assert difference <= 1e-5
-    # The adapter also loads into the from-scratch layers of Chapter 4, with the same logits.
+    # The adapter also loads into the from-scratch
+    # layers of Chapter 4, with the same logits.
     ours = load_adapter(load_model()[0], output).eval()
     assert (
         real_token_logits(ours, tokenizer, texts)
@@ -152,7 +153,7 @@ def test_help_lists_every_option():
     assert "example: lora-edu-train --data" in completed.stdout
 
 
-# --- bad input: a clear message, exit status 2, no traceback -----------------------------------
+# --- bad input: a clear message, exit status 2, no traceback --------------------------
 
 
 @pytest.mark.parametrize(
@@ -252,7 +253,7 @@ def test_an_existing_adapter_is_never_overwritten_without_overwrite(
     assert json.loads((output / "adapter_config.json").read_text())["r"] == 4
 
 
-# --- interruptions --------------------------------------------------------------------------------
+# --- interruptions --------------------------------------------------------------------
 
 
 def interrupt_at_step(monkeypatch, step):

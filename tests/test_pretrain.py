@@ -70,7 +70,8 @@ def test_pack_blocks_rejects_text_shorter_than_a_block():
 
 def test_every_sentence_is_about_a_known_person():
     sentences = pretrain.all_sentences()
-    # Per person: five plain templates, one per friend, and one per day, condition or number.
+    # Per person: five plain templates, one per
+    # friend, and one per day, condition or number.
     per_person = 5 + 19 + 7 + len(pretrain.CONDITIONS) + 7 * 19 + 49
     assert len(sentences) == len(set(sentences)) == 20 * per_person
     names = {p[0] for p in pretrain.PEOPLE}

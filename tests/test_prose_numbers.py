@@ -99,9 +99,10 @@ ALLOWED: dict[str, dict[str, str]] = {
         " Exercise 7.3 (PAPER-FIGURES.md)",
         "0.3": "QLoRA's max_grad_norm default in artidoro/qlora's qlora.py, quoted",
         "1,500": "experiments.SETTINGS['train_lines'], a setting of the grid",
-        "10^{-2}": "experiments.SETTINGS['lora_lr'], the grid's learning rate, a setting",
-        "10.67": "2048 / 192, the budget over W_k's cost per rank, worked in the sentence"
-        " to explain why W_k alone gets r = 11",
+        "10^{-2}": "experiments.SETTINGS['lora_lr'], the grid's learning rate,"
+        " a setting",
+        "10.67": "2048 / 192, the budget over W_k's cost per rank, worked in the"
+        " sentence to explain why W_k alone gets r = 11",
         "0.125": "α/r = 8/64, worked in the sentence",
         "512": "8 × 64 values of (i, j), the size of the heatmap, by hand",
         "95%": "the threshold the truncation cell asserts (kept[16] > 0.95)",

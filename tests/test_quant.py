@@ -405,7 +405,7 @@ def test_qlora_on_a_model_equals_lora_on_the_dequantized_model():
         quant.quantize_model(quantized)
 
 
-# --- the chapter's exercise checks ---------------------------------------------------------
+# --- the chapter's exercise checks ----------------------------------------------------
 
 
 def test_check_nf4_codes(capsys):

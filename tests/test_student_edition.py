@@ -1,8 +1,8 @@
-"""The student edition: committed student notebooks in sync, and a book with no solution in it.
+"""The student edition: committed notebooks in sync, and a book with no solution in it.
 
-`make book-student` builds the book from student/notebooks/ (tools/student_edition.py writes them).
-The leak test builds it and searches every file of the output (pages, _sources, notebooks, the
-search index) for text that only a solution contains.
+`make book-student` builds the book from student/notebooks/ (tools/student_edition.py
+writes them). The leak test builds it and searches every file of the output (pages,
+_sources, notebooks, the search index) for text that only a solution contains.
 """
 
 import html
@@ -37,7 +37,7 @@ def exercises(path):
 
 
 def notebook_text(path, solutions=True):
-    """All the text of a notebook: sources and text outputs, with or without solutions."""
+    """All the text of a notebook (sources, text outputs), with or without solutions."""
     notebook = nbformat.read(path, as_version=4)
     parts = []
     for cell in notebook.cells:
@@ -60,7 +60,7 @@ def text_outside_solutions():
 
 
 def solution_runs():
-    """For each chapter, the runs of words that its solutions, and nothing else, contain."""
+    """For each chapter, the runs of words that only its solutions contain."""
     elsewhere = " ".join(words(text_outside_solutions()))
     found = {}
     for path in NOTEBOOKS:
@@ -91,7 +91,7 @@ def solution_only_stems():
 
 
 def file_text(path):
-    """What a reader of a built file can see: page text, notebook text, or the raw text."""
+    """What a reader of a built file sees: page text, notebook text, or the raw text."""
     if path.suffix == ".ipynb":
         return notebook_text(path)
     text = path.read_text(errors="ignore")
@@ -114,7 +114,8 @@ def test_a_student_notebook_keeps_every_exercise_and_drops_every_solution(path):
 
 
 def test_the_search_finds_solutions_where_they_are():
-    # The leak test below is only as good as its search: it must find them in the chapters.
+    # The leak test below is only as good as its
+    # search: it must find them in the chapters.
     for path in NOTEBOOKS:
         text = " ".join(words(file_text(path)))
         runs = solution_runs()[path.name]

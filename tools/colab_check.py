@@ -55,12 +55,20 @@ def python312() -> str:
 
 
 def setup_command(notebook: dict) -> str:
-    """The arguments of a chapter's setup-cell `%pip install`, aimed at this clone."""
+    """The arguments of a chapter's setup-cell `%pip install`, aimed at this clone.
+
+    The cell sets REPOSITORY and installs from git+{REPOSITORY}, which IPython expands;
+    here {REPOSITORY} becomes this clone instead.
+    """
     source = "".join(notebook["cells"][0]["source"])
-    match = re.search(r'%pip install (.*"lora-edu @ git\+)([^"]+)(")', source)
-    if match is None:
-        sys.exit("colab-check: the first cell has no `%pip install lora-edu @ git+...`")
-    return match.group(1) + "file://" + str(ROOT) + match.group(3)
+    assigned = re.search(r'^REPOSITORY = "[^"]+"$', source, re.M)
+    match = re.search(r'%pip install (.*"lora-edu @ git\+)\{REPOSITORY\}(")', source)
+    if assigned is None or match is None:
+        sys.exit(
+            'colab-check: the first cell has no `REPOSITORY = "..."` and '
+            '`%pip install ... "lora-edu @ git+{REPOSITORY}"`'
+        )
+    return match.group(1) + "file://" + str(ROOT) + match.group(2)
 
 
 def compared_texts(notebook: dict) -> dict[str, str]:

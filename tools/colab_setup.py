@@ -1,8 +1,9 @@
 """Write each notebook's Colab setup cell from the one repository URL in `_config.yml`.
 
-Colab opens a notebook alone, without the repository, so each notebook must carry the install
-command itself. The URL is still written by hand only in `_config.yml`; run this script after
-changing it, and `tests/test_notebooks.py` fails until every notebook agrees.
+Colab opens a notebook alone, without the repository, so each notebook must carry the
+install command itself. The URL is still written by hand only in `_config.yml`; run this
+script after changing it, and `tests/test_notebooks.py` fails until every notebook
+agrees.
 
     python tools/colab_setup.py
 """
@@ -21,13 +22,19 @@ def repository_url() -> str:
 
 
 def setup_cell() -> nbformat.NotebookNode:
-    """The first cell of every chapter: installs `lora_edu` in Colab and does nothing elsewhere."""
+    """The first cell of every chapter: installs `lora_edu` in Colab, nothing elsewhere.
+
+    IPython expands {REPOSITORY} in the %pip line magic: with the URL on a line of its
+    own, every line of the cell fits 88 columns.
+    """
     source = (
-        "# Setup: in Google Colab, install the course's helper package `lora_edu`; elsewhere, do nothing.\n"
+        "# In Google Colab, install the course's package `lora_edu`; "
+        "elsewhere, do nothing.\n"
         "import sys\n"
         "\n"
+        f'REPOSITORY = "{repository_url()}"\n'
         'if "google.colab" in sys.modules:\n'
-        f'    %pip install --quiet "lora-edu @ git+{repository_url()}"'
+        '    %pip install --quiet "lora-edu @ git+{REPOSITORY}"'
     )
     cell = nbformat.v4.new_code_cell(source)
     # nbval skips it; the rendered book hides it (the launch buttons do its job there).

@@ -1,12 +1,13 @@
-"""The student edition: the chapters without their solutions, and a book built from them.
+"""The student edition: the chapters without solutions, and a book built from them.
 
-    python tools/student_edition.py              # rewrite student/notebooks/ from notebooks/
-    python tools/student_edition.py --check      # exit 1 if student/notebooks/ is out of date
-    python tools/student_edition.py --book DIR   # also write DIR/_config.yml and DIR/_toc.yml
+    python tools/student_edition.py  # rewrite student/notebooks/ from notebooks/
+    python tools/student_edition.py --check  # exit 1 if student/notebooks/ is stale
+    python tools/student_edition.py --book DIR  # also write DIR/_config.yml, _toc.yml
 
-The student notebooks are committed, so that the student book's launch buttons open them on Colab:
-`make book-student` builds the book from them, with `student/notebooks/...` as each chapter's path.
-Each exercise keeps its heading and text; its solution is dropped. Everything else is unchanged.
+The student notebooks are committed, so that the student book's launch buttons open them
+on Colab: `make book-student` builds the book from them, with `student/notebooks/...` as
+each chapter's path. Each exercise keeps its heading and text; its solution is dropped.
+Everything else is unchanged.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def student_config(config: dict) -> dict:
     config = yaml.safe_load(yaml.safe_dump(config))
     config["title"] += " (student edition)"
     sphinx = config["sphinx"]
-    # The generated config lives under _build, so the extension's folder is given absolutely.
+    # The generated config lives under _build, so
+    # the extension's folder is given absolutely.
     sphinx["local_extensions"] = {
         name: str(ROOT / path) for name, path in sphinx["local_extensions"].items()
     }
