@@ -4,8 +4,9 @@ Runs after the book build (`make test` builds it, then runs this file): it reads
 `_build/html`, or the folder in $BOOK_HTML. Every page of the table of contents is
 checked: formulas rendered by the local MathJax, images loaded with alt text and a
 caption, no request leaving the machine, no JavaScript error, no broken internal link,
-and nothing wider than the text column at 1280 px. Each page prints one line of counts. Where Chromium is
-missing the test skips, except under CI (CI=true), where that is a failure.
+and nothing wider than the text column at 1280 px. Each page prints one line of counts.
+Where Chromium is missing the test skips, except under CI (CI=true), where that is a
+failure.
 """
 
 import os
