@@ -77,7 +77,12 @@ def train_parser() -> Parser:
         epilog="example: lora-edu-train --data notes.txt --output notes-adapter",
     )
     add, count, number = parser.add_argument, _number(int, 0), _number(float, 0)
-    add("--data", type=Path, required=True, help="a UTF-8 text file; a line an example")
+    add(
+        "--data",
+        type=Path,
+        required=True,
+        help="a UTF-8 text file to train on, packed into blocks of --block-size tokens",
+    )
     add(
         "--eval-data",
         type=Path,

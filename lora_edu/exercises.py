@@ -530,7 +530,7 @@ def check_kbit_cast_count(config, answer: int) -> bool:
     elif answer == 2 * embedding and answer != cast:
         hint = "Every RMSNorm weight is 16-bit and not 4-bit, so it is cast too."
     else:
-        hint = "Count what bitsandbytes leaves in 16 bits: all but the blocks' linears."
+        hint = "Count what a 4-bit load leaves in 16 bits: all but the blocks' linears."
     return _report(answer == cast, f"{cast:,} parameters.", hint)
 
 
