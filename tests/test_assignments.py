@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "_ext"))
 sys.path.insert(0, str(ROOT / "tools"))
+from colab_setup import setup_cell  # noqa: E402
 from jupyter_exercises import is_exercise, parse_exercise, without_solution  # noqa: E402
 
 import assignments  # noqa: E402
@@ -44,6 +45,17 @@ def chapter_exercises(name):
 def test_every_chapter_has_an_assignment():
     chapters = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
     assert chapters == set(MASTERS) and set(WRONG) == set(MASTERS)
+
+
+@pytest.mark.parametrize("name", MASTERS)
+def test_an_assignment_installs_the_course_as_every_chapter_does(name):
+    # The repository URL is written by hand only in _config.yml; tools/colab_setup.py
+    # writes the cell from it, and this copy must follow.
+    cells = nbformat.read(MASTERS[name], as_version=4).cells
+    installs = [c.source for c in cells if "google.colab" in c.source]
+    assert installs == [setup_cell().source], (
+        f"{name}: copy the setup cell that tools/colab_setup.py writes"
+    )
 
 
 @pytest.mark.parametrize("name", MASTERS)
