@@ -2,8 +2,8 @@
 
 Colab opens a notebook alone, without the repository, so each notebook must carry the
 install command itself. The URL is still written by hand only in `_config.yml`; run this
-script after changing it, and `tests/test_notebooks.py` fails until every notebook
-agrees.
+script after changing it, and `tests/test_notebooks.py` and `tests/test_assignments.py`
+fail until every chapter and assignment agrees.
 
     python tools/colab_setup.py
 """
@@ -43,11 +43,20 @@ def setup_cell() -> nbformat.NotebookNode:
 
 
 def main() -> None:
+    fresh = setup_cell()
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
-        first, fresh = notebook.cells[0], setup_cell()
+        first = notebook.cells[0]
         if (first.source, first.metadata) != (fresh.source, fresh.metadata):
             first.source, first.metadata = fresh.source, fresh.metadata
+            nbformat.write(notebook, path)
+            print(f"updated {path.relative_to(ROOT)}")
+    # The assignments install the course the same way, in a cell after otter's config.
+    for path in sorted((ROOT / "assignments").glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        (cell,) = [c for c in notebook.cells if "google.colab" in c.source]
+        if cell.source != fresh.source:
+            cell.source = fresh.source
             nbformat.write(notebook, path)
             print(f"updated {path.relative_to(ROOT)}")
 
