@@ -400,18 +400,19 @@ def check_rslora_alpha(r: int, lora_alpha: float, answer: float) -> bool:
 
 
 def check_pissa_energy(weight, r: int, answer: float) -> bool:
-    """Check the share of ‖W‖²_F in W's top r directions, to 1e-4. [Ch. 8, Ex. 8.2]"""
+    """Check the share of ‖W‖²_F in W's top r directions, to 5e-4. [Ch. 8, Ex. 8.2]"""
     r = _check_integer(r, "r")
     s = torch.linalg.svdvals(torch.as_tensor(weight).double())
     expected = float(s[:r].square().sum() / s.square().sum())
-    if math.isclose(answer, float(s[:r].sum() / s.sum()), abs_tol=1e-4):
+    # 5e-4: a share given to three decimals is right (the solution states 67.1%).
+    if math.isclose(answer, float(s[:r].sum() / s.sum()), abs_tol=5e-4):
         hint = "You summed singular values. ‖W‖²_F is the sum of their squares."
-    elif math.isclose(answer, 1 - expected, abs_tol=1e-4):
+    elif math.isclose(answer, 1 - expected, abs_tol=5e-4):
         hint = "That is the residual's share. PiSSA trains the top r directions."
     else:
         hint = "‖W‖²_F = σ₁² + σ₂² + …; the adapter holds the first r terms."
     return _report(
-        math.isclose(answer, expected, abs_tol=1e-4),
+        math.isclose(answer, expected, abs_tol=5e-4),
         f"The top {r} directions hold {expected:.2%} of ‖W‖²_F.",
         hint,
     )
@@ -550,14 +551,15 @@ def check_square_lora_budget(
 
 
 def check_random_subspace_similarity(d: int, i: int, j: int, answer: float) -> bool:
-    """Check a claimed mean φ for random subspaces of R^d. [Ch. 7, Exercise 7.2]"""
+    """Check a claimed mean φ for random subspaces of R^d, to 1%. [Ch. 7, Ex. 7.2]"""
     expected = max(i, j) / d
-    if math.isclose(answer, min(i, j) / d, rel_tol=1e-3) and i != j:
+    # 1%: the solution's two-figure 0.0052 for 64/12288 is right; min/max is 8× off.
+    if math.isclose(answer, min(i, j) / d, rel_tol=1e-2) and i != j:
         hint = "E‖U₁ᵀU₂‖²_F = i·j/d; φ then divides by min(i, j), not by max(i, j)."
     else:
         hint = "Each of the i·j entries of U₁ᵀU₂ has mean square 1/d; sum, then divide."
     return _report(
-        math.isclose(answer, expected, rel_tol=1e-3),
+        math.isclose(answer, expected, rel_tol=1e-2),
         f"On average φ = max(i, j)/d = {expected:.4g} for random subspaces.",
         hint,
     )

@@ -298,6 +298,9 @@ def test_check_rslora_alpha(capsys):
 def test_check_pissa_energy(capsys):
     weight = torch.diag(torch.tensor([3.0, 2.0, 1.0]))
     assert verdict(capsys, exercises.check_pissa_energy, weight, 1, 9 / 14)[0]
+    # 9/14 = 0.642857...: three decimals are right, a share 0.002 off is not.
+    assert verdict(capsys, exercises.check_pissa_energy, weight, 1, 0.643)[0]
+    assert not verdict(capsys, exercises.check_pissa_energy, weight, 1, 0.645)[0]
     for wrong, hint in [(3 / 6, "summed singular values"), (5 / 14, "residual")]:
         result, out = verdict(capsys, exercises.check_pissa_energy, weight, 1, wrong)
         assert not result and hint in out
