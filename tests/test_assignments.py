@@ -36,6 +36,20 @@ WRONG = {
     "09_qlora_from_first_principles": ("q9_3", "cast_count", "2 * 128256 * 8192"),
 }
 
+# Right answers reached the way the exercise suggests, which must keep full marks:
+# (assignment, student, the cell that sets this variable, code appended to it).
+DETOURS = [
+    # Exercise 8.2 says "confirm it with pissa_init", which overwrites the model's
+    # q_proj weight with the residual; the hidden test must not depend on it.
+    (
+        "08_lora_variants",
+        "confirmed_with_pissa_init",
+        "pissa_share",
+        "q_proj = model.model.layers[0].self_attn.q_proj\n"
+        "pissa_init(LoRALinear.from_linear(q_proj, 16, 8))",
+    ),
+]
+
 
 def chapter_exercises(name):
     cells = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells
@@ -103,7 +117,7 @@ def built(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def grades(built, tmp_path_factory):
-    """Grades of the reference, blank and one-wrong submissions of every assignment."""
+    """Grades of the reference, blank, one-wrong and DETOURS submissions."""
     found = {}
     for name, (_, variable, wrong) in WRONG.items():
         folder = tmp_path_factory.mktemp(name)
@@ -116,6 +130,11 @@ def grades(built, tmp_path_factory):
         assert len(changed) == 1, f"{name}: {variable} is not set in one cell"
         changed[0].source = pattern.sub(f"{variable} = {wrong}", changed[0].source)
         nbformat.write(reference, folder / "one_wrong.ipynb")
+        for _, student, variable, code in (d for d in DETOURS if d[0] == name):
+            detour = nbformat.read(folder / "reference.ipynb", 4)
+            (cell,) = [c for c in detour.cells if f"\n{variable} = " in c.source]
+            cell.source += "\n" + code
+            nbformat.write(detour, folder / f"{student}.ipynb")
         autograder = built / name / "autograder.zip"
         submissions = sorted(folder.glob("*.ipynb"))
         found[name] = assignments.grade(autograder, submissions)
@@ -139,6 +158,14 @@ def test_reference_full_marks_blank_zero_one_wrong_loses_that_question(grades, n
     assert blank == {q: (0, p) for q, p in points.items()}
     question = WRONG[name][0]
     assert one_wrong == {q: (0 if q == question else p, p) for q, p in points.items()}
+
+
+@pytest.mark.parametrize(("name", "student"), [d[:2] for d in DETOURS])
+def test_a_right_answer_reached_the_way_the_exercise_suggests_keeps_full_marks(
+    grades, name, student
+):
+    points = {q: p for q, p, *_ in assignments.questions(MASTERS[name])}
+    assert scores(grades[name], student) == {q: (p, p) for q, p in points.items()}
 
 
 @pytest.mark.parametrize("name", MASTERS)
