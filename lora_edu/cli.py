@@ -27,6 +27,7 @@ from lora_edu.files import (
     FolderInUseError,
     clean_leftovers,
     deferred_interrupts,
+    foreign_names,
     holds_adapter,
     locked,
     read_text,
@@ -52,9 +53,8 @@ def _number(kind, minimum):
     """An argparse type: a finite number of `kind`, >= minimum (> 0 if minimum is 0)."""
 
     def parse(text: str):
-        value = kind(
-            text
-        )  # int("inf") and float("x") raise ValueError: argparse reports
+        # int("inf") and float("x") raise ValueError, which argparse reports.
+        value = kind(text)
         if not math.isfinite(value) or not (
             value > 0 if minimum == 0 else value >= minimum
         ):
@@ -242,8 +242,8 @@ def _load_model(name: str, device: str, load_in_4bit: bool = False):
     return model.to(device), tokenizer
 
 
-def _check_train_arguments(args) -> list[str]:
-    """Check all that needs no model; return the target names."""
+def _check_train_arguments(args) -> tuple[list[str], str]:
+    """Check all that needs no model; return the target names and the --data text."""
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if not targets:
         raise UsageError("--targets names no module")
@@ -258,12 +258,12 @@ def _check_train_arguments(args) -> list[str]:
             "--merge cannot merge into 4-bit weights; "
             "merge the adapter into the full-precision model"
         )
-    for option, path in [("--data", args.data), ("--eval-data", args.eval_data)]:
-        try:
-            if path is not None:
-                read_text(path, f"{option} file")
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+    try:
+        text = read_text(args.data, "--data file")
+        if args.eval_data is not None:
+            read_text(args.eval_data, "--eval-data file")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     output = args.output
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} is a file; name a folder for the adapter")
@@ -275,17 +275,13 @@ def _check_train_arguments(args) -> list[str]:
             f"{output} already holds an adapter; choose another --output, "
             "or pass --overwrite to replace it"
         )
-    foreign = (
-        sorted(p.name for p in output.iterdir() if p.name not in ADAPTER_FILES)
-        if output.is_dir()
-        else []
-    )
+    foreign = foreign_names(output, ADAPTER_FILES)
     if foreign:
         raise UsageError(
             f"--output {output} holds files that are not an adapter "
             f"({', '.join(foreign)}); choose an empty folder"
         )
-    return targets
+    return targets, text
 
 
 def _report_coverage(tokenizer, text: str, model_name: str) -> None:
@@ -316,7 +312,7 @@ def _interrupted(signum: int, where: str) -> int:
     return 128 + signum
 
 
-def _train(args, parser, targets: list[str], work: Path) -> int:
+def _train(args, parser, targets: list[str], text: str, work: Path) -> int:
     """lora-edu-train, once the arguments are checked and the output is locked."""
     output = args.output
     before_run = (
@@ -365,7 +361,7 @@ def _train(args, parser, targets: list[str], work: Path) -> int:
         blocks = load_text_blocks(data, tokenizer, args.block_size)
     except ValueError as error:
         raise UsageError(str(error).replace("block_size=", "--block-size ")) from None
-    _report_coverage(tokenizer, read_text(args.data, "--data file"), args.model)
+    _report_coverage(tokenizer, text, args.model)
     config = LoraConfig(
         r=args.r,
         lora_alpha=args.alpha,
@@ -446,7 +442,7 @@ def train(argv: list[str] | None = None) -> int:
     parser = train_parser()
     args = parser.parse_args(argv)
     try:
-        targets = _check_train_arguments(args)
+        targets, text = _check_train_arguments(args)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         with locked(args.output):
             clean_leftovers(args.output)  # what killed runs left: staging folders
@@ -457,7 +453,7 @@ def train(argv: list[str] | None = None) -> int:
                 )
             )
             try:
-                return _train(args, parser, targets, work)
+                return _train(args, parser, targets, text, work)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     except (UsageError, FolderInUseError) as error:

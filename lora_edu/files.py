@@ -120,10 +120,12 @@ def fsync_tree(folder: Path) -> None:
         _fsync(Path(root))
 
 
-def _foreign(directory: Path, allowed: Iterable[str]) -> list[str]:
+def foreign_names(directory, allowed: Iterable[str]) -> list[str]:
+    """The names in a folder that `allowed` does not list; none if it is no folder."""
+    directory, allowed = Path(directory), set(allowed)
     if not directory.is_dir():
         return []
-    return sorted(p.name for p in directory.iterdir() if p.name not in set(allowed))
+    return sorted(p.name for p in directory.iterdir() if p.name not in allowed)
 
 
 @contextlib.contextmanager
@@ -133,7 +135,7 @@ def replaced_folder(directory, allowed: Iterable[str]) -> Iterator[Path]:
     `directory` may hold only the names in `allowed`: anything else is refused first.
     """
     directory = Path(directory)
-    foreign = _foreign(directory, allowed)
+    foreign = foreign_names(directory, allowed)
     if foreign:
         raise FileExistsError(f"{directory} holds files that are not ours: {foreign}")
     if directory.exists() and not directory.is_dir():

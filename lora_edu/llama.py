@@ -25,9 +25,8 @@ from lora_edu.quant import DYNAMIC_CODE, NF4_CODE, nf4_storage_bytes
 TINY_LLAMA3 = "tiny-llama3"  # the model this course ships, in lora_edu/data/tiny-llama3
 LLAMA3_8B = "meta-llama/Meta-Llama-3-8B"
 BASE_DTYPE = torch.bfloat16  # the dtype load_model gives the 8B model's weights
-ADAPTER_DTYPE = (
-    torch.float32
-)  # LoRA's A and B on a 16-bit base, in PEFT and inject_lora
+# LoRA's A and B on a 16-bit base, in PEFT and inject_lora.
+ADAPTER_DTYPE = torch.float32
 # bitsandbytes keeps float32 copies of both lookup tables (NF4, 8-bit) in every layer.
 BNB_TABLE_BYTES = 4 * (len(NF4_CODE) + len(DYNAMIC_CODE))
 

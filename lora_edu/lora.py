@@ -123,13 +123,11 @@ class LoRALinear(nn.Linear):
         ΔW = BA = 0 at the start.
         """
         if self.init == "gaussian":
-            nn.init.normal_(
-                self.lora_A, std=1 / self.r
-            )  # the paper's choice, with PEFT's standard deviation
+            # The paper's choice, with PEFT's standard deviation.
+            nn.init.normal_(self.lora_A, std=1 / self.r)
         else:
-            nn.init.kaiming_uniform_(
-                self.lora_A, a=math.sqrt(5)
-            )  # loralib's and PEFT's default
+            # loralib's and PEFT's default.
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
 
     def delta_weight(self) -> torch.Tensor:
@@ -506,14 +504,13 @@ def read_adapter_config(directory) -> dict:
         raise ValueError(f"{path} holds a {type(config).__name__}, not a JSON object")
     if config.get("peft_type") != "LORA":
         raise ValueError(
-            f"{directory / ADAPTER_CONFIG} has peft_type {config.get('peft_type')!r}, "
-            "expected 'LORA'"
+            f"{path} has peft_type {config.get('peft_type')!r}, expected 'LORA'"
         )
     absent = [key for key in ("r", "lora_alpha", "target_modules") if key not in config]
     if absent:
         # PEFT would silently fall back to r = 8, lora_alpha = 8;
         # guessing would give wrong outputs.
-        raise ValueError(f"{directory / ADAPTER_CONFIG} lacks {', '.join(absent)}")
+        raise ValueError(f"{path} lacks {', '.join(absent)}")
     targets = config["target_modules"]
     if isinstance(targets, list) and not (
         targets and all(isinstance(t, str) and t for t in targets)
@@ -524,6 +521,7 @@ def read_adapter_config(directory) -> dict:
     if isinstance(config["r"], float) and config["r"].is_integer():
         config["r"] = int(config["r"])  # JSON writers may write 8 as 8.0
     try:
+        # No layer is known here: r stands in for its sides, so r and α are checked.
         check_lora_arguments(
             config["r"],
             config["r"],

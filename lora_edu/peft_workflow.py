@@ -26,7 +26,12 @@ from lora_edu.files import (
     read_text,
     replaced_folder,
 )
-from lora_edu.llama import TINY_LLAMA3, keep_4bit_layers_trainable, load_model
+from lora_edu.llama import (
+    TINY_LLAMA3,
+    keep_4bit_layers_trainable,
+    load_model,
+    nf4_config,
+)
 from lora_edu.lora import (
     NonFiniteError,
     check_finite,
@@ -71,10 +76,9 @@ def load_text_blocks(data_files: dict, tokenizer, block_size: int) -> DatasetDic
         raise ValueError(
             f"block_size must hold an input and a target: >= 2, got {block_size!r}"
         )
+    # One clear error for a missing, binary or empty file.
     for split, path in data_files.items():
-        read_text(
-            path, f"the {split} data file"
-        )  # one clear error for a missing, binary or empty file
+        read_text(path, f"the {split} data file")
     # datasets reads data_files as glob patterns: escape a name holding [ or *.
     raw = load_dataset(
         "text",
@@ -162,9 +166,8 @@ def training_arguments(
         warmup_steps=0.1,
         max_grad_norm=1.0,
         logging_steps=1,
-        eval_strategy="epoch"
-        if evaluate
-        else "no",  # validation loss after every epoch, when there is validation data
+        # The validation loss after every epoch, when there is validation data.
+        eval_strategy="epoch" if evaluate else "no",
         save_strategy="no",  # checkpoints are written by CheckpointAdapter, atomically
         report_to="none",
         use_cpu=use_cpu,
@@ -196,9 +199,8 @@ def make_trainer(
         args=arguments,
         train_dataset=blocks["train"],
         eval_dataset=blocks.get("validation"),
-        data_collator=DataCollatorForLanguageModeling(
-            tokenizer, mlm=False
-        ),  # labels = inputs; the model shifts them
+        # labels = inputs; the model shifts them.
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
@@ -267,24 +269,19 @@ class TrainingBar(LossProgressBar):
 def load_model_4bit(name: str, device: str = "cpu"):
     """(model, tokenizer) with 4-bit NF4 linear layers, ready for QLoRA. [Ch. 6]"""
     from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name != TINY_LLAMA3:
         model, tokenizer = load_model(name, load_in_4bit=True)  # a hub model: a GPU
     else:
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
-        )
+        # The rest in float32, unlike load_model's bfloat16: the CLI trains in float32.
         model = AutoModelForCausalLM.from_pretrained(
             DATA_DIR,
             dtype=torch.float32,
-            quantization_config=quantization,
+            quantization_config=nf4_config(compute_dtype=torch.float32),
             device_map={"": 0} if device == "cuda" else "cpu",
         )
-        tokenizer = load_model()[1]
+        tokenizer = AutoTokenizer.from_pretrained(DATA_DIR)
     # Trainer evaluates between epochs: without this, bitsandbytes' CPU path would
     # repack the layers at the first evaluation and train on with no gradients.
     model = keep_4bit_layers_trainable(model)

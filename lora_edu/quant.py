@@ -19,9 +19,8 @@ from lora_edu.lora import check_lora_arguments, linear_layer_names, matches_targ
 
 # bitsandbytes' outermost probability: to seven digits, 1 − ½(1/30 + 1/32) = 929/960.
 NF4_OFFSET = 0.9677083
-NESTED_BLOCK_SIZE = (
-    256  # double quantization: the scales are quantized in blocks of 256
-)
+# Double quantization: the scales are quantized in blocks of 256.
+NESTED_BLOCK_SIZE = 256
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -50,9 +49,8 @@ def dynamic_levels() -> torch.Tensor:
 
 NF4_CODE = normal_float_levels()
 DYNAMIC_CODE = dynamic_levels()
-INT4_CODE = (
-    torch.arange(-7, 8) / 7
-)  # symmetric absmax int4: the 15 levels k/7, for comparison
+# Symmetric absmax int4, for comparison: the 15 levels k/7.
+INT4_CODE = torch.arange(-7, 8) / 7
 
 
 def quantize_blockwise(
@@ -93,15 +91,12 @@ class NF4Weight:
     """A tensor in NF4: packed 4-bit codes and a scale per block. [Ch. 9]"""
 
     packed: torch.Tensor  # uint8 (⌈n/2⌉,): two codes into NF4_CODE per byte
-    absmax: (
-        torch.Tensor
-    )  # float32 per block; with double quantization, uint8 codes into DYNAMIC_CODE
+    # float32 per block; with double quantization, uint8 codes into DYNAMIC_CODE
+    absmax: torch.Tensor
     shape: tuple[int, ...]
     dtype: torch.dtype  # of the original tensor, which dequantization returns
     block_size: int
-    absmax_scale: torch.Tensor | None = (
-        None  # double quantization: float32 per 256 scales
-    )
+    absmax_scale: torch.Tensor | None = None  # double quantization: per 256 scales
     absmax_offset: torch.Tensor | None = None  # double quantization: their float32 mean
 
     @property

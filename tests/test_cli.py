@@ -334,9 +334,8 @@ print("done after", calls, flush=True)
 def adapter_rank(directory, base):
     """The r of the adapter in directory, after loading it with both loaders."""
     config = json.loads((directory / "adapter_config.json").read_text())
-    lora.load_adapter(
-        copy.deepcopy(base), directory
-    )  # raises unless complete and consistent
+    # Raises unless the adapter is complete and consistent.
+    lora.load_adapter(copy.deepcopy(base), directory)
     peft_model = PeftModel.from_pretrained(copy.deepcopy(base), directory)
     assert peft_model.peft_config["default"].r == config["r"]
     return config["r"]

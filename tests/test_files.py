@@ -86,9 +86,8 @@ def test_without_an_atomic_exchange_the_fallback_still_swaps(tmp_path, monkeypat
 
 def test_clean_leftovers_restores_a_folder_set_aside_and_removes_staging(tmp_path):
     target = tmp_path / "out"
-    make(
-        tmp_path / ".out.new-x1-old", a="old a"
-    )  # killed between the fallback's renames
+    # Killed between the fallback's renames.
+    make(tmp_path / ".out.new-x1-old", a="old a")
     make(tmp_path / ".out.new-x1", a="new a")
     make(tmp_path / ".other.new-x2")  # another output's: not ours to touch
     files.clean_leftovers(target)

@@ -292,9 +292,8 @@ def test_ctrl_c_after_the_first_epoch_leaves_its_checkpoint(
     def on_epoch_end(self, *args, **kwargs):
         original(self, *args, **kwargs)
         if self.epochs_saved == 1:
-            os.kill(
-                os.getpid(), signal.SIGINT
-            )  # Ctrl-C just after the first checkpoint
+            # Ctrl-C just after the first checkpoint.
+            os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(peft_workflow.CheckpointAdapter, "on_epoch_end", on_epoch_end)
     output = tmp_path / "adapter"

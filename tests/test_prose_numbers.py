@@ -144,9 +144,8 @@ LABELS = re.compile(
 )
 CODE_SPAN = re.compile(r"`[^`\n]+`")
 FENCED = re.compile(r"^(`{3,})python[^\n]*\n(.*?)^\1\s*$", re.S | re.M)
-FENCE_LINE = re.compile(
-    r"^`{3,}.*$|^:\w+:.*$", re.M
-)  # other fences and directive options
+# Other fences and directive options.
+FENCE_LINE = re.compile(r"^`{3,}.*$|^:\w+:.*$", re.M)
 LINK_TARGET = re.compile(r"\]\([^)]*\)|https?://\S+|<[^>]+>")
 TEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 # An exercise cell (tests/test_exercise_format.py checks its shape) and its solution.

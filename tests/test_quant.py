@@ -366,9 +366,8 @@ def test_qlora_on_a_model_equals_lora_on_the_dequantized_model():
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     quantized = quant.quantize_model(model)
-    assert (
-        type(quantized.lm_head) is nn.Linear
-    )  # the output head stays, as in bitsandbytes
+    # The output head stays, as transformers leaves it in a 4-bit load.
+    assert type(quantized.lm_head) is nn.Linear
     assert not any(p.requires_grad for p in quantized.parameters())
     # The same model with each NF4 weight dequantized into an nn.Linear; LoRA on both.
     reference = LlamaForCausalLM(config).eval()
