@@ -15,10 +15,12 @@ import copy
 import math
 import random
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
 
@@ -29,6 +31,8 @@ from lora_edu.lora import (
     PEFT_PREFIX,
     check_finite,
     linear_layers_matching,
+    load_adapter,
+    merge_lora,
     read_adapter_config,
     save_adapter,
 )
@@ -57,6 +61,7 @@ SETTINGS = {
     "weights": ["Wq", "Wk", "Wv", "Wo"],
 }
 SEEDS = [0, 1, 2]
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 def moved_people(lines: int, seed: int) -> list[str]:
@@ -245,6 +250,88 @@ def lora_share(d_out: int, d_in: int, r: int) -> float:
     [Ch. 11]
     """
     return r * (d_in + d_out) / (d_in * d_out)
+
+
+# --- Serving strategies, timed ---------------------------------------------------
+
+
+def random_adapters(base: nn.Module, n: int, r: int, directory) -> dict[str, Path]:
+    """n PEFT adapters of rank r with random A and B on q, k, v, o: {name: folder}.
+
+    For timing, where the values do not matter. [Ch. 11]
+    """
+    folders = {}
+    for i in range(n):
+        torch.manual_seed(i)
+        config = LoraConfig(
+            r=r, lora_alpha=r, target_modules=ATTENTION, init_lora_weights=False
+        )
+        folder = Path(directory) / f"random{i}"
+        get_peft_model(copy.deepcopy(base), config).save_pretrained(folder)
+        folders[f"random{i}"] = folder
+    return folders
+
+
+def serving_strategies(base: nn.Module, folders: dict, ids, names) -> dict:
+    """Ways to answer requests ids (B, T), request b with adapter names[b]. [Ch. 11]
+
+    Each value is a function that runs one forward pass over all B requests.
+    """
+    first, *others = folders
+    peft_model = PeftModel.from_pretrained(
+        copy.deepcopy(base), folders[first], adapter_name=first
+    )
+    for name in others:
+        peft_model.load_adapter(folders[name], adapter_name=name)
+    peft_model.eval()
+    ours = add_adapters(copy.deepcopy(base), folders)
+    merged = merge_lora(load_adapter(copy.deepcopy(base), folders[first]))
+
+    def ours_mixed():
+        with adapter_rows(ours, names):
+            ours(ids)
+
+    def one_at_a_time():
+        for b, name in enumerate(names):
+            peft_model.set_adapter(name)
+            peft_model(ids[b : b + 1])
+
+    def merge_each():
+        for b, name in enumerate(names):
+            peft_model.set_adapter(name)
+            peft_model.merge_adapter()
+            peft_model(ids[b : b + 1])
+            peft_model.unmerge_adapter()
+
+    def single_adapter():
+        peft_model.set_adapter(first)
+        peft_model(ids)
+
+    return {
+        "one merged model": lambda: merged(ids),
+        "single-adapter batch (PEFT)": single_adapter,
+        "mixed batch (ours)": ours_mixed,
+        "mixed batch (PEFT)": lambda: peft_model(ids, adapter_names=list(names)),
+        "one request at a time": one_at_a_time,
+        "merge per request": merge_each,
+    }
+
+
+@torch.no_grad()
+def time_strategies(strategies: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each strategy in each round; they take turns within a round.
+
+    Taking turns lets the machine's noise hit every strategy alike. [Ch. 11]
+    """
+    for run in strategies.values():
+        run()  # a warm-up call each
+    times = {name: [] for name in strategies}
+    for _ in range(rounds):
+        for name, run in strategies.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
