@@ -217,7 +217,8 @@ def adapter_rows(model: nn.Module, names: list) -> Iterator[nn.Module]:
     if unknown:
         raise ValueError(f"unknown adapters {unknown}; the model has {known}")
     index = torch.tensor([len(known) if n is None else known.index(n) for n in names])
-    layers = [m for m in model.modules() if isinstance(m, MultiLoRALinear)]
+    # By attribute, not class: a chapter may define its own MultiLoRALinear.
+    layers = [m for m in model.modules() if hasattr(m, "adapter_index")]
     for layer in layers:
         layer.adapter_index = index
     try:
