@@ -578,3 +578,90 @@ def check_amplification_factor(
         f"ΔW amplifies those directions by a factor of {expected:.3g}.",
         hint,
     )
+
+
+# --- Chapter 11 -------------------------------------------------------------------
+
+
+def _check_real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def check_lora_share(d: int, k: int, r: int, answer: float) -> bool:
+    """Check a claimed r(d + k)/(d·k), LoRA's share of a d×k matmul. [Ex. 11.1]"""
+    d, k, r = (_check_integer(v, n) for v, n in ((d, "d"), (k, "k"), (r, "r")))
+    answer = _check_real(answer, "answer")
+    expected = r * (d + k) / (d * k)
+    if math.isclose(answer, 100 * expected, rel_tol=1e-2):
+        hint = "That is a percentage: give the share as a fraction."
+    elif math.isclose(answer, 2 * expected, rel_tol=1e-2):
+        hint = "The base matmul costs 2dk too: the factors of 2 cancel."
+    else:
+        hint = "A costs 2rk and B 2dr per token, against 2dk for the base matmul."
+    return _report(
+        math.isclose(answer, expected, rel_tol=1e-2),
+        f"LoRA adds {expected:.3%} of the projection's work.",
+        hint,
+    )
+
+
+def check_adapter_gigabytes(
+    r: int,
+    layers: int,
+    shapes: list,
+    adapters: int,
+    bytes_per_number: int,
+    answer: float,
+) -> bool:
+    """Check claimed GB (1e9 bytes) of `adapters` adapters, to 1%. [Ex. 11.2]
+
+    shapes lists each adapted weight's (d_out, d_in) in one layer.
+    """
+    r, layers, adapters, bytes_per_number = (
+        _check_integer(value, name)
+        for value, name in (
+            (r, "r"),
+            (layers, "layers"),
+            (adapters, "adapters"),
+            (bytes_per_number, "bytes_per_number"),
+        )
+    )
+    answer = _check_real(answer, "answer")
+    per_adapter = layers * sum(r * (d + k) for d, k in shapes)
+    expected = adapters * bytes_per_number * per_adapter / 1e9
+    if math.isclose(answer, expected / adapters, rel_tol=1e-2):
+        hint = "That is one adapter: multiply by the number of adapters."
+    elif math.isclose(answer, expected * 2**30 / 1e9, rel_tol=1e-2) or math.isclose(
+        answer, expected * 1e9 / 2**30, rel_tol=1e-2
+    ):
+        hint = "Use GB = 10⁹ bytes, not GiB = 2³⁰ bytes."
+    else:
+        hint = "Each d×k weight adds r(d + k) numbers; sum over weights and layers."
+    return _report(
+        math.isclose(answer, expected, rel_tol=1e-2),
+        f"{adapters:,} adapters take {expected:.2f} GB.",
+        hint,
+    )
+
+
+def check_cross_term_norm(answer: float) -> bool:
+    """Check ‖(B₁+B₂)(A₁+A₂) − (B₁A₁+B₂A₂)‖_F for Exercise 11.3, to 3 decimals."""
+    answer = _check_real(answer, "answer")
+    B1, A1 = torch.tensor([[1.0], [0.0]]), torch.tensor([[1.0, 0.0]])
+    B2, A2 = torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0, 1.0]])
+    expected = ((B1 + B2) @ (A1 + A2) - (B1 @ A1 + B2 @ A2)).norm().item()
+    if math.isclose(answer, 0.0, abs_tol=1e-3):
+        hint = "(B₁+B₂)(A₁+A₂) also holds B₁A₂ and B₂A₁: a product of sums."
+    elif math.isclose(answer, 2.0, abs_tol=1e-3):
+        hint = "That is the squared norm: take the square root."
+    else:
+        hint = "Write out both 2×2 matrices and the Frobenius norm of their difference."
+    return _report(
+        math.isclose(answer, expected, abs_tol=1e-3),
+        f"The cross terms have norm √2 ≈ {expected:.3f}, as large as ΔW₁ + ΔW₂'s.",
+        hint,
+    )

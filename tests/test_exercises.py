@@ -192,3 +192,40 @@ def test_require_is_silent_on_a_right_answer_and_raises_the_hint_on_a_wrong_one(
     with pytest.raises(AssertionError, match="too high"):
         exercises.require(exercises.check_rank, M, 3)
     assert capsys.readouterr().out == ""
+
+
+def test_check_lora_share(capsys):
+    check = exercises.check_lora_share
+    assert verdict(capsys, check, 1024, 4096, 16, 0.0195)[0]  # the rounded answer
+    for wrong, hint in [
+        (1.95, "percentage"),
+        (0.039, "factors of 2 cancel"),
+        (0.0078, "A costs 2rk"),
+    ]:
+        result, out = verdict(capsys, check, 1024, 4096, 16, wrong)
+        assert not result and hint in out, out
+    with pytest.raises(TypeError):
+        check(1024, 4096, 16.0, 0.0195)
+
+
+def test_check_adapter_gigabytes(capsys):
+    check = exercises.check_adapter_gigabytes
+    shapes = [(4096, 4096), (1024, 4096)]
+    assert verdict(capsys, check, 8, 32, shapes, 1000, 2, 6.82)[0]
+    for wrong, hint in [
+        (0.00682, "one adapter"),
+        (6.82 * 1e9 / 2**30, "10⁹ bytes"),
+        (13.64, "r(d + k) numbers"),
+    ]:
+        result, out = verdict(capsys, check, 8, 32, shapes, 1000, 2, wrong)
+        assert not result and hint in out, out
+
+
+def test_check_cross_term_norm(capsys):
+    check = exercises.check_cross_term_norm
+    assert verdict(capsys, check, 1.414)[0]
+    for wrong, hint in [(0.0, "product of sums"), (2.0, "square root"), (1.0, "Write")]:
+        result, out = verdict(capsys, check, wrong)
+        assert not result and hint in out, out
+    with pytest.raises(ValueError):
+        check(float("nan"))
