@@ -167,8 +167,10 @@ def generate_parser() -> Parser:
     add(
         "--adapter",
         type=Path,
+        action="append",
         required=True,
-        help="a folder written by lora-edu-train or PEFT",
+        help="a folder written by lora-edu-train or PEFT; give it more than once to "
+        "answer with each adapter, in one mixed batch (Chapter 11)",
     )
     add("--prompt", required=True, help="the text to continue")
     add(
@@ -468,6 +470,11 @@ def generate(argv: list[str] | None = None) -> int:
     """Run lora-edu-generate; return its exit status (0 done, 2 bad input)."""
     parser = generate_parser()
     args = parser.parse_args(argv)
+    if len(args.adapter) > 1:
+        from lora_edu.multi_adapter_cli import generate_many
+
+        return generate_many(args, parser)
+    args.adapter = args.adapter[0]
     try:
         if not args.prompt.strip():
             raise UsageError("--prompt is empty")

@@ -126,7 +126,7 @@ class MultiLoRALinear(nn.Module):
         self.register_buffer("lora_B", torch.cat([B, B.new_zeros(1, *B.shape[1:])]))
         self.register_buffer(
             "scaling",
-            torch.cat([torch.as_tensor(scaling, dtype=A.dtype), A.new_ones(1)]),
+            torch.cat([A.new_tensor(scaling), A.new_ones(1)]),
         )
         self.adapter_index = None  # (batch,) long, set by adapter_rows
 
@@ -191,9 +191,9 @@ def add_adapters(model: nn.Module, folders: dict) -> nn.Module:
     model.requires_grad_(False)
     for path in layers:
         base = model.get_submodule(path)
-        dtype = base.weight.dtype
-        A = torch.zeros(len(read), r, base.in_features, dtype=dtype)
-        B = torch.zeros(len(read), base.out_features, r, dtype=dtype)
+        like = {"dtype": base.weight.dtype, "device": base.weight.device}
+        A = torch.zeros(len(read), r, base.in_features, **like)
+        B = torch.zeros(len(read), base.out_features, r, **like)
         for i, (factors, _) in enumerate(read.values()):
             if path in factors:
                 a, b = factors[path]
@@ -220,7 +220,7 @@ def adapter_rows(model: nn.Module, names: list) -> Iterator[nn.Module]:
     # By attribute, not class: a chapter may define its own MultiLoRALinear.
     layers = [m for m in model.modules() if hasattr(m, "adapter_index")]
     for layer in layers:
-        layer.adapter_index = index
+        layer.adapter_index = index.to(layer.lora_A.device)
     try:
         yield model
     finally:
