@@ -124,10 +124,8 @@ class MultiLoRALinear(nn.Module):
         # One zero adapter at the end, for rows that ask for none.
         self.register_buffer("lora_A", torch.cat([A, A.new_zeros(1, r, k)]))
         self.register_buffer("lora_B", torch.cat([B, B.new_zeros(1, *B.shape[1:])]))
-        self.register_buffer(
-            "scaling",
-            torch.cat([A.new_tensor(scaling), A.new_ones(1)]),
-        )
+        scaling = torch.as_tensor(scaling, dtype=A.dtype, device=A.device)
+        self.register_buffer("scaling", torch.cat([scaling, A.new_ones(1)]))
         self.adapter_index = None  # (batch,) long, set by adapter_rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -117,6 +117,16 @@ ALLOWED: dict[str, dict[str, str]] = {
         "16 bytes": "the memory table's cost of a trainable parameter: float32 weight,"
         " gradient and Adam's two moments, 4 × 4 bytes (Chapter 5)",
     },
+    "11": {
+        "4×": "S-LoRA (Sheng et al., 2023): up to 4× the throughput of PEFT and of"
+        " vLLM's naive LoRA support, quoted from PAPER-FIGURES.md",
+        "12×": "Punica (Chen et al., 2023): 12× the throughput of state-of-the-art"
+        " serving systems, quoted from PAPER-FIGURES.md",
+        "2 ms": "Punica (Chen et al., 2023): about 2 ms of added latency per token,"
+        " quoted from PAPER-FIGURES.md",
+        "10^{-2}": "multi_adapter.SETTINGS['lr'], the adapters' learning rate, a"
+        " setting (Chapter 7's), printed by the settings cell as 0.01",
+    },
 }
 # Chapters whose prose has not been brought under this rule yet, with the work that will
 # do it. Their test is expected to fail (strictly: once it passes, remove the entry).
