@@ -9,7 +9,6 @@ batch, and combines them. The adapters it reads are trained by this command:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import math
@@ -335,14 +334,25 @@ def time_strategies(strategies: dict, rounds: int) -> dict[str, list[float]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Train and store the chapter's adapters; errors are one line, exit status 2."""
-    parser = argparse.ArgumentParser(
+    from lora_edu.cli import Parser  # its errors are one line, with no usage text
+
+    parser = Parser(
         prog="python -m lora_edu.multi_adapter",
         description="Train Chapter 11's adapters (one per task and seed) and store "
         "them in PEFT's format.",
     )
-    parser.add_argument("--output", type=Path, default=ADAPTERS_DIR)
-    parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=ADAPTERS_DIR,
+        help=f"the folder for the adapters' folders (default {ADAPTERS_DIR})",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=SEEDS, help="default: 0 1 2"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace adapters already stored"
+    )
     args = parser.parse_args(argv)
     if args.output.exists() and not args.output.is_dir():
         parser.error(f"--output {args.output} is a file, not a folder")

@@ -170,3 +170,23 @@ def test_moved_people_says_where_each_person_moved():
 def test_lora_share_is_the_flop_ratio():
     assert ma.lora_share(128, 128, 8) == pytest.approx(2 * 8 * 256 / (2 * 128 * 128))
     assert ma.lora_share(4096, 4096, 16) == pytest.approx(16 * 8192 / 4096**2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "-1"], "--seeds must be >= 0"),
+        (["--output", "FILE"], "is a file"),
+        (["--output", "STORED", "--seeds", "0"], "pass --overwrite"),
+    ],
+)
+def test_the_training_command_refuses_bad_input_in_one_line(
+    args, message, tmp_path, capsys
+):
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "stored" / "weather-seed0").mkdir(parents=True)
+    places = {"FILE": tmp_path / "file", "STORED": tmp_path / "stored"}
+    with pytest.raises(SystemExit) as exit_:
+        ma.main([str(places.get(a, a)) for a in args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and message in err
