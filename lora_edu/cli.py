@@ -539,7 +539,7 @@ def train(argv: list[str] | None = None) -> int:
         targets, text = _check_train_arguments(args)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         real = args.output.resolve()  # a symbolic link stays; its folder is written
-        with locked(real):
+        with locked(args.output):  # the lock of the real folder
             # What killed runs left: staging folders, or an adapter set aside, which
             # is put back and then, as any adapter, replaced only with --overwrite.
             clean_leftovers(real)
