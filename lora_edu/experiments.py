@@ -238,10 +238,10 @@ def load_results(directory: Path = RESULTS_DIR) -> tuple[dict, dict]:
         adapters = load_file(path / ADAPTERS) if (path / ADAPTERS).is_file() else {}
     except (UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as error:
         raise ValueError(f"cannot read the results in {path}: {error}") from None
-    if not (isinstance(results, dict) and isinstance(results.get("runs"), dict)):
+    if not isinstance(results, dict):
         raise ValueError(
-            f"{path / RESULTS} does not hold a grid's results "
-            "(a JSON object with 'settings' and 'runs')"
+            f"{path / RESULTS} does not hold a grid's results: it holds a "
+            f"{type(results).__name__}, not a JSON object"
         )
     return results, adapters
 
@@ -254,6 +254,8 @@ def stored_results(directory: Path) -> tuple[dict, dict]:
             f"{directory} holds results made with other settings; "
             "choose an empty --output folder"
         )
+    if not isinstance(results.get("runs"), dict):
+        raise ValueError(f"{Path(directory) / RESULTS} lacks its runs")
     return results, adapters
 
 
