@@ -713,45 +713,54 @@ def test_generate_finds_the_course_model_wherever_the_adapter_comes_from(
     assert (status, out) == (0, expected), err
 
 
-def damaged_adapters(adapter, tmp_path):
-    """(folder, expected message) for adapters lora-edu-generate must refuse."""
-    weights = "adapter_model.safetensors"
-    truncated = with_base(adapter, tmp_path / "truncated", "tiny-llama3")
-    data = (truncated / weights).read_bytes()
-    (truncated / weights).write_bytes(data[: len(data) // 2])
-    garbage = with_base(adapter, tmp_path / "garbage", "tiny-llama3")
-    (garbage / weights).write_bytes(bytes(range(256)) * 40)
-    huge = with_base(adapter, tmp_path / "huge-header", "tiny-llama3")
-    # A header that claims 1 TB.
-    (huge / weights).write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
-    huge_weights = with_base(adapter, tmp_path / "huge-weights", "tiny-llama3")
-    # Each factor finite, their product B·A beyond float32: the outputs overflow.
-    tensors = load_file(huge_weights / weights)
-    save_file({k: v * 1e25 for k, v in tensors.items()}, huge_weights / weights)
-    unreadable = f"{weights} is not a safetensors file we can read"
-    return [
-        (truncated, unreadable),
-        (garbage, unreadable),
-        (huge, unreadable),
+WEIGHTS = "adapter_model.safetensors"
+UNREADABLE = f"{WEIGHTS} is not a safetensors file we can read"
+
+
+def damage(folder, case):
+    """Damage the adapter in folder as `case` says."""
+    weights = folder / WEIGHTS
+    if case == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif case == "garbage":
+        weights.write_bytes(bytes(range(256)) * 40)
+    elif case == "huge header":  # its first 8 bytes claim a header of 1 TB
+        weights.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    elif case == "alpha 1e300":
+        config = json.loads((folder / "adapter_config.json").read_text())
+        config["lora_alpha"] = 1e300
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+    else:  # each factor finite, their product B·A beyond float32: outputs overflow
+        save_file({k: v * 1e25 for k, v in load_file(weights).items()}, weights)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("truncated", UNREADABLE),
+        ("garbage", UNREADABLE),
+        ("huge header", UNREADABLE),
         (
-            with_base(adapter, tmp_path / "a1e300", "tiny-llama3", lora_alpha=1e300),
+            "alpha 1e300",
             r"lora_alpha 1e\+300 scales the update by 2.5e\+299, beyond float32's "
             "range: every output would be infinite",
         ),
         (
-            huge_weights,
+            "huge weights",
             r"makes the model's outputs NaN or infinite \(lora_alpha 16, r 4\)",
         ),
-    ]
-
-
-def test_generate_refuses_a_damaged_adapter_in_one_line(adapter, tmp_path, capsys):
-    for folder, message in damaged_adapters(adapter, tmp_path):
-        status, out, err = run(
-            cli.generate, ["--adapter", folder, "--prompt", "On Monday"], capsys
-        )
-        assert status == 2 and out == "" and len(err.splitlines()) == 1, err
-        assert re.search(message, err), (message, err)
+    ],
+)
+def test_generate_refuses_a_damaged_adapter_in_one_line(
+    adapter, tmp_path, capsys, case, message
+):
+    folder = with_base(adapter, tmp_path / "damaged", "tiny-llama3")
+    damage(folder, case)
+    status, out, err = run(
+        cli.generate, ["--adapter", folder, "--prompt", "On Monday"], capsys
+    )
+    assert status == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert re.search(message, err), (message, err)
 
 
 def test_generate_refuses_a_prompt_longer_than_the_models_context(adapter, capsys):
