@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import runpy
 import signal
 import subprocess
@@ -184,36 +185,36 @@ def grid_command(args, capsys, monkeypatch):
     return status, out, err
 
 
-def test_bad_outputs_are_one_line_before_any_cell_trains(tmp_path, capsys, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a cell trained before the output was checked")
-
-    monkeypatch.setattr(experiments, "run_cell", refuse)
-    good = tmp_path / "good"
-    experiments.save_results(good, {"settings": experiments.SETTINGS, "runs": {}}, {})
-    cases = {
-        "list": (experiments.RESULTS, "[]", "does not hold a grid's results"),
-        "corrupt": (experiments.ADAPTERS, "garbage", "cannot read the results in"),
-        "foreign": (
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        (experiments.RESULTS, "[]", "does not hold a grid's results: it holds a list"),
+        (experiments.ADAPTERS, "garbage", "cannot read the results in"),
+        (
             "notes.txt",
             "the user's notes",
             r"holds files that are not the grid's results \(notes.txt\); choose an "
             "empty folder",
         ),
-    }
-    for name, (file, content, message) in cases.items():
-        folder = tmp_path / name
-        folder.mkdir()
-        for stored in good.iterdir():
-            (folder / stored.name).write_bytes(stored.read_bytes())
-        (folder / file).write_text(content)
-        status, out, err = grid_command(
-            ["--only", "full/lr0.001/seed0", "--output", folder], capsys, monkeypatch
-        )
-        assert status == 2 and out == "" and len(err.splitlines()) == 1, (name, err)
-        assert err.startswith("python -m lora_edu.experiments: error: ")
-        assert __import__("re").search(message, err), (name, err)
-        assert (folder / file).read_text() == content
+    ],
+)
+def test_bad_outputs_are_one_line_before_any_cell_trains(
+    tmp_path, capsys, monkeypatch, file, content, message
+):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cell trained before the output was checked")
+
+    monkeypatch.setattr(experiments, "run_cell", refuse)
+    folder = tmp_path / "grid"
+    experiments.save_results(folder, {"settings": experiments.SETTINGS, "runs": {}}, {})
+    (folder / file).write_text(content)
+    status, out, err = grid_command(
+        ["--only", "full/lr0.001/seed0", "--output", folder], capsys, monkeypatch
+    )
+    assert status == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("python -m lora_edu.experiments: error: ")
+    assert re.search(message, err), err
+    assert (folder / file).read_text() == content
 
 
 SAVE_AND_PAUSE = """
@@ -254,6 +255,9 @@ def test_two_slices_on_one_output_at_once_both_store_their_cells(tmp_path):
     names = ["lora/q4+v4/lr0.01/seed0", "lora/q4+v4/lr0.01/seed1"]
     slices = [start_grid(4, "--only", name, "--output", output) for name in names]
     printed = [process.communicate(timeout=600) for process in slices]
+    results, adapters = experiments.load_results(output)
+    assert sorted(results["runs"]) == names, "no slice's cell is lost"
+    assert {key.split(":")[0] for key in adapters} == set(names)
     for process, (out, err) in zip(slices, printed):
         print(out)  # what each printed
         assert process.returncode == 0, err
@@ -263,19 +267,24 @@ def test_two_slices_on_one_output_at_once_both_store_their_cells(tmp_path):
         f"Ran 1 cell; {output} holds 1 cell.",
         f"Ran 1 cell; {output} holds 2 cells.",
     ]
-    results, adapters = experiments.load_results(output)
-    assert sorted(results["runs"]) == names
-    assert {key.split(":")[0] for key in adapters} == set(names)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".grid.lock", "grid"]
 
 
 def test_ctrl_c_during_a_cell_is_one_line_and_status_130(tmp_path):
     output = tmp_path / "grid"
     process = start_grid(100_000, "--only", "full/lr0.001/seed0", "--output", output)
-    assert process.stdout.readline().startswith("Running 1 cell")
-    time.sleep(2)  # the model loads and the cell starts its 100,000 steps
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    try:
+        seen = ""
+        while "grid:" not in seen:  # the grid's progress bar: the first cell starts
+            character = process.stderr.read(1)
+            assert character, f"the grid never started: {seen}"
+            seen += character
+        time.sleep(1)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
     assert process.returncode == 130
     assert "Traceback" not in err
     assert err.endswith(
