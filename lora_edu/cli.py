@@ -1,9 +1,11 @@
-"""The command-line tools lora-edu-train and lora-edu-generate (Chapter 6).
+"""The command-line tools lora-edu-train and lora-edu-generate (Chapter 6), and the
+command line of Chapter 7's grid, python -m lora_edu.experiments.
 
     lora-edu-train --data my_text.txt --output my-adapter
     lora-edu-generate --adapter my-adapter --prompt "On Monday, Oslo" --compare
+    python -m lora_edu.experiments --only 'lora/q4+v4/*' --output my-grid
 
-Both parse and check their arguments, and the files those name, before they import
+Each parses and checks its arguments, and the files those name, before it imports
 torch, transformers or peft: --help and mistakes answer at once, and nothing expensive
 starts on input that would fail later. An error is one line and exit status 2; an
 interrupt (Ctrl-C or SIGTERM) is one line and exit status 130 or 143.
@@ -12,9 +14,12 @@ interrupt (Ctrl-C or SIGTERM) is one line and exit status 130 or 143.
 from __future__ import annotations
 
 import argparse
+import filecmp
+import fnmatch
 import importlib.util
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -24,6 +29,7 @@ from pathlib import Path
 from lora_edu.files import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
+    ADAPTER_WEIGHTS,
     FolderInUseError,
     clean_leftovers,
     deferred_interrupts,
@@ -34,8 +40,17 @@ from lora_edu.files import (
     staging_prefix,
 )
 
-TINY = "tiny-llama3"  # lora_edu.llama.TINY_LLAMA3; spelt out so --help needs no torch
+# Spelt out so that --help needs no torch: llama.TINY_LLAMA3, pretrain.DATA_DIR, and
+# experiments.RESULTS_DIR, RESULTS and ADAPTERS (a test checks that they agree).
+TINY = "tiny-llama3"
+TINY_DIR = Path(__file__).parent / "data" / "tiny-llama3"
+GRID_DIR = Path(__file__).parent / "data" / "experiments"
+GRID_FILES = ("results.json", "adapters.safetensors")
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+# The files that make the tiny model what it is: a folder holding copies is the model.
+TINY_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")  # "meta-llama/Meta-Llama-3-8B"
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class UsageError(ValueError):
@@ -97,7 +112,7 @@ def train_parser() -> Parser:
     add(
         "--model",
         default=TINY,
-        help=f"{TINY!r} (the course's model, the default) or a hub name",
+        help=f"{TINY!r} (the course's model, the default), a hub name, or a folder",
     )
     add("--r", type=count, default=8, help="the LoRA rank r (default 8)")
     add(
@@ -174,6 +189,11 @@ def generate_parser() -> Parser:
     )
     add("--prompt", required=True, help="the text to continue")
     add(
+        "--model",
+        help="the base model, if not the one the adapter's config names: "
+        f"{TINY!r}, a hub name, or a folder",
+    )
+    add(
         "--max-new-tokens",
         type=_number(int, 0),
         default=20,
@@ -193,6 +213,33 @@ def generate_parser() -> Parser:
         action="store_true",
         help="also show the libraries' warnings and progress bars",
     )
+    return parser
+
+
+def experiments_parser() -> Parser:
+    """The arguments of python -m lora_edu.experiments."""
+    parser = Parser(
+        prog="python -m lora_edu.experiments",
+        description="Re-run the LoRA paper's experiments in miniature on the tiny "
+        "Llama 3 (Chapter 7) and store the results.",
+        epilog="example: python -m lora_edu.experiments --only 'lora/q4+v4/*' "
+        "--output my-grid",
+    )
+    add = parser.add_argument
+    add(
+        "--output",
+        type=Path,
+        default=GRID_DIR,
+        help=f"the folder for {' and '.join(GRID_FILES)} (default {GRID_DIR})",
+    )
+    add(
+        "--only",
+        nargs="+",
+        metavar="PATTERN",
+        help="run only the cells whose names match a shell pattern; "
+        "the others already stored in --output are kept",
+    )
+    add("--list", action="store_true", help="print the cells' names")
     return parser
 
 
@@ -226,7 +273,37 @@ def _check_device(device: str) -> None:
         )
 
 
-def _load_model(name: str, device: str, load_in_4bit: bool = False):
+def _holds_tiny_model(folder: Path) -> bool:
+    """Whether a folder holds the course's tiny model: the same files as ours."""
+    return all(
+        (folder / name).is_file()
+        and filecmp.cmp(folder / name, TINY_DIR / name, shallow=False)
+        for name in TINY_FILES
+    )
+
+
+def base_model(name: str, what: str, fix: str) -> str:
+    """TINY for the course's model, a folder's absolute path, or a hub name.
+
+    The course's model is recognised wherever an adapter travels: by its name, by a
+    folder holding the same files, or by a path ending in lora_edu/data/tiny-llama3
+    (another checkout's or machine's copy); the installed copy is used. A name that is
+    no folder here is a hub name if it can be one; a path that does not exist is an
+    error, which says `what` named it and how to `fix` it.
+    """
+    path = Path(name).expanduser()
+    if name == TINY or path.parts[-3:] == TINY_DIR.parts[-3:]:
+        return TINY
+    if path.is_dir():
+        return TINY if _holds_tiny_model(path) else str(path.resolve())
+    if path.exists():
+        raise UsageError(f"{what} {name}, which is a file, not a model folder; {fix}")
+    if HUB_NAME.fullmatch(name) and not name.startswith("."):
+        return name
+    raise UsageError(f"{what} {name}, which does not exist on this machine; {fix}")
+
+
+def _load_model(name: str, device: str, hint: str, load_in_4bit: bool = False):
     """(model, tokenizer); a model that cannot load here is a one-line UsageError."""
     from lora_edu.llama import ModelUnavailableError, load_model
 
@@ -238,9 +315,9 @@ def _load_model(name: str, device: str, load_in_4bit: bool = False):
         model, tokenizer = load_model(name)
     except ModelUnavailableError as error:
         reason = str(error).splitlines()[0]
-        raise UsageError(
-            f"{reason} Use --model {TINY}, or run on a CUDA GPU with --device cuda"
-        ) from None
+        if name != TINY and not Path(name).is_dir():
+            reason += f" ({name} is no folder here, so it names a model on the Hub.)"
+        raise UsageError(f"{reason} {hint}") from None
     return model.to(device), tokenizer
 
 
@@ -251,6 +328,9 @@ def _check_train_arguments(args) -> tuple[list[str], str]:
         raise UsageError("--targets names no module")
     if not args.model.strip():
         raise UsageError(f"--model is empty; name a model, e.g. --model {TINY}")
+    args.model = base_model(
+        args.model, "--model names", f"name {TINY}, a hub name, or a model's folder"
+    )
     if args.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
         raise UsageError(
             "--load-in-4bit needs the bitsandbytes package: pip install bitsandbytes"
@@ -266,13 +346,18 @@ def _check_train_arguments(args) -> tuple[list[str], str]:
             read_text(args.eval_data, "--eval-data file")
     except ValueError as error:
         raise UsageError(str(error)) from None
-    output = args.output
+    _check_output(args.output, args.overwrite)
+    return targets, text
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    """Refuse an --output that is a file, under one, or holds what is not to replace."""
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} is a file; name a folder for the adapter")
     above = next(p for p in output.absolute().parents if p.exists())
     if not above.is_dir():
         raise UsageError(f"--output {output} lies under {above}, which is a file")
-    if holds_adapter(output) and not args.overwrite:
+    if holds_adapter(output) and not overwrite:
         raise UsageError(
             f"{output} already holds an adapter; choose another --output, "
             "or pass --overwrite to replace it"
@@ -283,7 +368,6 @@ def _check_train_arguments(args) -> tuple[list[str], str]:
             f"--output {output} holds files that are not an adapter "
             f"({', '.join(foreign)}); choose an empty folder"
         )
-    return targets, text
 
 
 def _report_coverage(tokenizer, text: str, model_name: str) -> None:
@@ -343,7 +427,12 @@ def _train(args, parser, targets: list[str], text: str, work: Path) -> int:
     )
 
     _check_device(args.device)
-    model, tokenizer = _load_model(args.model, args.device, args.load_in_4bit)
+    model, tokenizer = _load_model(
+        args.model,
+        args.device,
+        f"Use --model {TINY}, or run on a CUDA GPU with --device cuda",
+        args.load_in_4bit,
+    )
     ensure_pad_token(tokenizer)
     try:
         layers = check_targets(model, targets)
@@ -373,6 +462,8 @@ def _train(args, parser, targets: list[str], text: str, work: Path) -> int:
     )
     torch.manual_seed(0)  # PEFT draws each A now; Trainer seeds only later
     model = get_peft_model(model, config)
+    # PEFT would record where this checkout keeps the model; the name travels.
+    model.peft_config["default"].base_model_name_or_path = args.model
     trainable, total = model.get_nb_trainable_parameters()
     print(f"Training {trainable:,} of {total:,} parameters ({trainable / total:.2%}).")
     arguments = training_arguments(
@@ -414,6 +505,9 @@ def _train(args, parser, targets: list[str], text: str, work: Path) -> int:
         signum = signal.SIGTERM if _terminated else signal.SIGINT
         return _interrupted(signum, f"{saved()}; no file was left half-written.")
     except NonFiniteError as error:
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, TrainingBar) and callback.training_bar is not None:
+                callback.training_bar.close()  # the message then starts a line
         print(
             f"{parser.prog}: training failed: {error}. "
             f"Try a smaller --lr (now {args.lr:g}). {saved()}.",
@@ -446,14 +540,14 @@ def train(argv: list[str] | None = None) -> int:
     try:
         targets, text = _check_train_arguments(args)
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        with locked(args.output):
-            clean_leftovers(args.output)  # what killed runs left: staging folders
+        real = args.output.resolve()  # a symbolic link stays; its folder is written
+        with locked(args.output):  # the lock of the real folder
+            # What killed runs left: staging folders, or an adapter set aside, which
+            # is put back and then, as any adapter, replaced only with --overwrite.
+            clean_leftovers(real)
+            _check_output(args.output, args.overwrite)
             # The trainer's scratch folder, beside the output: proves it writable first.
-            work = Path(
-                tempfile.mkdtemp(
-                    prefix=staging_prefix(args.output), dir=args.output.parent
-                )
-            )
+            work = Path(tempfile.mkdtemp(prefix=staging_prefix(real), dir=real.parent))
             try:
                 return _train(args, parser, targets, text, work)
             finally:
@@ -466,6 +560,60 @@ def train(argv: list[str] | None = None) -> int:
         )
 
 
+def _check_prompt(prompt: str) -> None:
+    """Refuse an empty prompt, or one whose bytes are not text in the locale."""
+    if not prompt.strip():
+        raise UsageError("--prompt is empty")
+    # Python keeps undecodable bytes of a command line as lone surrogates.
+    raw = os.fsencode(prompt)
+    try:
+        raw.decode(sys.getfilesystemencoding())
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"--prompt is not valid {error.encoding.upper()}: byte {error.start} is "
+            f"{raw[error.start]:#x}; write it in your terminal's encoding, or set a "
+            "UTF-8 locale (e.g. LC_ALL=C.UTF-8)"
+        ) from None
+
+
+def _check_adapter(directory: Path) -> dict:
+    """Read and check an adapter's config and weights; return the config."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from lora_edu.lora import check_finite, read_adapter_config
+
+    try:
+        config = read_adapter_config(directory)
+        check_finite(
+            load_file(directory / ADAPTER_WEIGHTS), f"the adapter in {directory}"
+        )
+    except (OSError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    except SafetensorError as error:
+        raise UsageError(
+            f"{directory / ADAPTER_WEIGHTS} is not a safetensors file we can read "
+            f"({error})"
+        ) from None
+    r, alpha = config["r"], config["lora_alpha"]
+    scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    if scaling > FLOAT32_MAX:
+        raise UsageError(
+            f"{directory / ADAPTER_CONFIG}: lora_alpha {alpha:g} scales the update by "
+            f"{scaling:.3g}, beyond float32's range: every output would be infinite"
+        )
+    return config
+
+
+def _finite_outputs(model, tokenizer, text: str) -> bool:
+    """Whether the model's logits over text are all finite."""
+    import torch
+
+    ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+    with torch.no_grad():
+        return bool(torch.isfinite(model(ids).logits).all())
+
+
 def generate(argv: list[str] | None = None) -> int:
     """Run lora-edu-generate; return its exit status (0 done, 2 bad input)."""
     parser = generate_parser()
@@ -476,29 +624,44 @@ def generate(argv: list[str] | None = None) -> int:
         return generate_many(args, parser)
     args.adapter = args.adapter[0]
     try:
-        if not args.prompt.strip():
-            raise UsageError("--prompt is empty")
+        _check_prompt(args.prompt)
+        if args.model is not None and not args.model.strip():
+            raise UsageError(f"--model is empty; name a model, e.g. --model {TINY}")
         if not args.adapter.is_dir():
             raise UsageError(f"--adapter {args.adapter} is not a folder")
         _quiet_imports(args.verbose)
         from lora_edu.llama import complete
-        from lora_edu.lora import load_adapter, read_adapter_config
-        from lora_edu.pretrain import DATA_DIR
+        from lora_edu.lora import load_adapter
 
-        try:
-            config = read_adapter_config(args.adapter)
-        except (OSError, ValueError) as error:
-            raise UsageError(str(error)) from None
-        base = config.get("base_model_name_or_path")
-        if not isinstance(base, str) or not base:
-            raise UsageError(
-                f"{args.adapter / ADAPTER_CONFIG} names no base model "
-                "(base_model_name_or_path)"
+        config = _check_adapter(args.adapter)
+        fix = f"name the base model with --model ({TINY}, a hub name, or a folder)"
+        if args.model is not None:
+            base = base_model(args.model, "--model names", fix)
+        else:
+            recorded = config.get("base_model_name_or_path")
+            if not isinstance(recorded, str) or not recorded:
+                raise UsageError(
+                    f"{args.adapter / ADAPTER_CONFIG} names no base model "
+                    f"(base_model_name_or_path); {fix}"
+                )
+            base = base_model(
+                recorded, f"{args.adapter / ADAPTER_CONFIG} names the base model", fix
             )
-        if base == TINY or Path(base) == DATA_DIR:
-            base = TINY
         _check_device(args.device)
-        model, tokenizer = _load_model(base, args.device)
+        model, tokenizer = _load_model(
+            base,
+            args.device,
+            "Run on a machine with a CUDA GPU, with --device cuda, "
+            "or name another base model with --model",
+        )
+        context = getattr(model.config, "max_position_embeddings", None)
+        length = len(tokenizer(args.prompt).input_ids)
+        if context is not None and length + args.max_new_tokens > context:
+            raise UsageError(
+                f"--prompt is {length} tokens long; with --max-new-tokens "
+                f"{args.max_new_tokens} that is more than the {context} positions "
+                f"{base} reads at once: shorten the prompt or ask for fewer tokens"
+            )
         before = (
             complete(model, tokenizer, args.prompt, args.max_new_tokens)
             if args.compare
@@ -509,6 +672,12 @@ def generate(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as error:
             raise UsageError(str(error)) from None
         after = complete(model.eval(), tokenizer, args.prompt, args.max_new_tokens)
+        if not _finite_outputs(model, tokenizer, args.prompt + after):
+            raise UsageError(
+                f"the adapter in {args.adapter} makes the model's outputs NaN or "
+                f"infinite (lora_alpha {config['lora_alpha']:g}, r {config['r']}): "
+                "it is broken"
+            )
     except UsageError as error:
         parser.error(str(error))
     if args.compare:
@@ -516,6 +685,83 @@ def generate(argv: list[str] | None = None) -> int:
         print(f"with the adapter ({args.adapter}):\n  {args.prompt}{after}")
     else:
         print(f"{args.prompt}{after}")
+    return 0
+
+
+def _check_grid_output(output: Path) -> None:
+    """Refuse an --output that is a file, under one, or holds other files."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file, not a folder")
+    above = next(p for p in output.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise UsageError(f"--output {output} lies under {above}, which is a file")
+    foreign = foreign_names(output, GRID_FILES)
+    if foreign:
+        raise UsageError(
+            f"--output {output} holds files that are not the grid's results "
+            f"({', '.join(foreign)}); choose an empty folder"
+        )
+    for name in GRID_FILES:
+        if (output / name).is_dir():
+            raise UsageError(f"{output / name} is a folder, not the grid's file")
+
+
+def _cells(count: int) -> str:
+    return f"{count} cell" + "s" * (count != 1)
+
+
+def experiments_command(argv: list[str] | None = None) -> int:
+    """Run python -m lora_edu.experiments; return its exit status."""
+    parser = experiments_parser()
+    args = parser.parse_args(argv)
+    output, stored, held = args.output, 0, 0
+    try:
+        _check_grid_output(output)
+        _quiet_imports(verbose=False)
+        import torch
+
+        from lora_edu import experiments
+        from lora_edu.llama import load_model
+
+        names = list(experiments.grid(experiments.projection_shapes(load_model()[0])))
+        if args.list:
+            print("\n".join(names))
+            return 0
+        if args.only:
+            unmatched = [p for p in args.only if not fnmatch.filter(names, p)]
+            if unmatched:
+                raise UsageError(f"--only {unmatched} match no cell; see --list")
+            names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in args.only)]
+        output.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with locked(output, wait=60):
+                clean_leftovers(output)  # what a killed save left
+                _check_grid_output(output)
+                experiments.stored_results(output)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        print(f"Running {_cells(len(names))}; each is stored in {output} when done.")
+        # The stored results were made with one thread: the count changes float sums.
+        torch.set_num_threads(1)
+        for results in experiments.run_grid(names, output):
+            stored, held = stored + 1, len(results["runs"])
+    except (UsageError, FolderInUseError, ValueError) as error:
+        parser.error(str(error))
+    except OSError as error:
+        parser.error(
+            f"cannot write --output {output}: {error.strerror} ({error.filename})"
+        )
+    except FloatingPointError as error:
+        print(f"\n{parser.prog}: a cell failed: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        signum = signal.SIGTERM if _terminated else signal.SIGINT
+        return _interrupted(
+            signum,
+            f"{_cells(stored)} of this run stored in {output}; "
+            "no file was left half-written.",
+        )
+    print(f"Ran {_cells(stored)}; {output} holds {_cells(held)}.")
     return 0
 
 
@@ -546,3 +792,8 @@ def train_cli() -> None:
 def generate_cli() -> None:
     """The console entry point of lora-edu-generate."""
     _run(generate)
+
+
+def experiments_cli() -> None:
+    """What python -m lora_edu.experiments runs."""
+    _run(experiments_command)

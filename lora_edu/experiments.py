@@ -7,24 +7,32 @@ a cell live.
     python -m lora_edu.experiments         # the whole grid; rewrites the stored results
     python -m lora_edu.experiments --list          # the cells' names
     python -m lora_edu.experiments --only 'lora/q8/*' --output /tmp/grid   # a slice
+
+Slices may run at the same time on one --output: each stores its cells under the
+folder's lock, adding them to what is there. lora_edu.cli holds the command line.
 """
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":
+    # Before the imports below, so that --help and bad input answer without torch.
+    from lora_edu.cli import experiments_cli
+
+    experiments_cli()
+
 import copy
-import fnmatch
 import json
 import math
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from lora_edu.files import replaced_folder
+from lora_edu.files import clean_leftovers, locked, replaced_folder
 from lora_edu.llama import load_model, text_loss
 from lora_edu.lora import LoRALinear
 from lora_edu.pretrain import pack_blocks, weather_reports
@@ -225,8 +233,29 @@ def load_results(directory: Path = RESULTS_DIR) -> tuple[dict, dict]:
     path = Path(directory)
     if not (path / RESULTS).is_file():
         return {"settings": SETTINGS, "runs": {}}, {}
-    results = json.loads((path / RESULTS).read_text())
-    adapters = load_file(path / ADAPTERS) if (path / ADAPTERS).is_file() else {}
+    try:
+        results = json.loads((path / RESULTS).read_text(encoding="utf-8"))
+        adapters = load_file(path / ADAPTERS) if (path / ADAPTERS).is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as error:
+        raise ValueError(f"cannot read the results in {path}: {error}") from None
+    if not isinstance(results, dict):
+        raise ValueError(
+            f"{path / RESULTS} does not hold a grid's results: it holds a "
+            f"{type(results).__name__}, not a JSON object"
+        )
+    return results, adapters
+
+
+def stored_results(directory: Path) -> tuple[dict, dict]:
+    """load_results, refusing results made with other settings than these. [Ch. 7]"""
+    results, adapters = load_results(directory)
+    if results.get("settings") != SETTINGS:
+        raise ValueError(
+            f"{directory} holds results made with other settings; "
+            "choose an empty --output folder"
+        )
+    if not isinstance(results.get("runs"), dict):
+        raise ValueError(f"{Path(directory) / RESULTS} lacks its runs")
     return results, adapters
 
 
@@ -238,74 +267,35 @@ def save_results(directory: Path, results: dict, adapters: dict) -> None:
         save_file({k: v.contiguous() for k, v in adapters.items()}, staging / ADAPTERS)
 
 
-def run_grid(names: list[str], directory: Path) -> dict:
-    """Run the named cells, saving after each, so a Ctrl-C loses one at most. [Ch. 7]"""
+def store_cell(directory: Path, name: str, result: dict, tensors: dict, base: float):
+    """Add one cell to the results stored in directory, under its lock. [Ch. 7]
+
+    Other runs may have stored cells there meanwhile: the results are read again.
+    """
+    with locked(directory, wait=60):
+        clean_leftovers(directory)  # a killed save's staging folder
+        results, adapters = stored_results(directory)
+        results["base_heldout_loss"] = base
+        results["runs"][name] = result
+        adapters.update(tensors)
+        save_results(directory, results, adapters)
+    return results
+
+
+def run_grid(names: list[str], directory: Path) -> Iterator[dict]:
+    """Run the named cells; store each when done and yield all stored. [Ch. 7]
+
+    So a Ctrl-C loses one cell at most.
+    """
     model, tokenizer = load_model()
     cells = grid(projection_shapes(model))
     blocks, heldout = task_data(tokenizer)
-    results, adapters = load_results(directory)
-    results["base_heldout_loss"] = text_loss(model, tokenizer, heldout)
+    base = text_loss(model, tokenizer, heldout)
     saved = {
         cell_name("lora", SETTINGS["lora_lr"], s, dict.fromkeys(w.split(","), r))
         for w, r, s in SAVED_ADAPTERS
     }
     for name in tqdm(names, desc="grid"):
         result, tuned = run_cell(cells[name], model, tokenizer, blocks, heldout)
-        results["runs"][name] = result
-        if name in saved:
-            adapters.update(adapter_tensors(name, tuned))
-        save_results(directory, results, adapters)
-    return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the grid from the command line; errors are one line and exit status 2."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lora_edu.experiments",
-        description="Re-run the LoRA paper's experiments in miniature on the tiny "
-        "Llama 3 and store the results.",
-    )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=RESULTS_DIR,
-        help=f"the folder for {RESULTS} and {ADAPTERS} (default {RESULTS_DIR})",
-    )
-    parser.add_argument(
-        "--only",
-        nargs="+",
-        metavar="PATTERN",
-        help="run only the cells whose names match a shell pattern; "
-        "the others already stored in --output are kept",
-    )
-    parser.add_argument("--list", action="store_true", help="print the cells' names")
-    args = parser.parse_args(argv)
-    names = list(grid(projection_shapes(load_model()[0])))
-    if args.list:
-        print("\n".join(names))
-        return 0
-    if args.only:
-        unmatched = [p for p in args.only if not fnmatch.filter(names, p)]
-        if unmatched:
-            parser.error(f"--only {unmatched} match no cell; see --list")
-        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in args.only)]
-    if args.output.exists() and not args.output.is_dir():
-        parser.error(f"--output {args.output} is a file, not a folder")
-    try:
-        stored, _ = load_results(args.output)
-    except (json.JSONDecodeError, OSError) as error:
-        parser.error(f"cannot read the results in {args.output}: {error}")
-    if stored.get("settings") != SETTINGS:
-        parser.error(
-            f"{args.output} holds results made with other settings; "
-            "choose an empty --output folder"
-        )
-    # The stored results were made with one thread: the thread count changes float sums.
-    torch.set_num_threads(1)
-    results = run_grid(names, args.output)
-    print(f"ran {len(names)} cells; {len(results['runs'])} stored in {args.output}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        tensors = adapter_tensors(name, tuned) if name in saved else {}
+        yield store_cell(directory, name, result, tensors, base)

@@ -6,6 +6,11 @@ reader, a crash or a power cut finds the old folder or the new one, never a mixt
 never none. Where the file system cannot exchange, the old folder is renamed aside
 first; a kill between the two renames leaves it aside, and `clean_leftovers` (run by the
 next writer) puts it back.
+
+A folder given as a symbolic link is resolved first: the real folder is locked and
+replaced, and the link stays. The new folder and its files get the permissions that the
+umask gives new files (as `cp` and PEFT's `save_pretrained` do), not the private 0700
+of a temporary folder.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -104,6 +110,31 @@ def _exchange(a: Path, b: Path) -> bool:
     return True
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore, the only portable way
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(folder: Path, mode: int | None = None) -> None:
+    """Give `folder` `mode` (default: as umask gives), and all under it the umask's."""
+    mask = _umask()
+    for root, folders, names in os.walk(folder):
+        for name in folders:
+            os.chmod(Path(root, name), 0o777 & ~mask)
+        for name in names:
+            # Libraries write through private temporary files (safetensors: 0600).
+            os.chmod(Path(root, name), 0o666 & ~mask)
+    os.chmod(folder, 0o777 & ~mask if mode is None else mode)
+
+
 def _fsync(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -133,8 +164,9 @@ def replaced_folder(directory, allowed: Iterable[str]) -> Iterator[Path]:
     """Yield an empty staging folder; when the block succeeds, it replaces `directory`.
 
     `directory` may hold only the names in `allowed`: anything else is refused first.
+    A symbolic link is followed: the folder it points to is replaced, the link kept.
     """
-    directory = Path(directory)
+    directory = Path(directory).resolve()
     foreign = foreign_names(directory, allowed)
     if foreign:
         raise FileExistsError(f"{directory} holds files that are not ours: {foreign}")
@@ -146,6 +178,9 @@ def replaced_folder(directory, allowed: Iterable[str]) -> Iterator[Path]:
     )
     try:
         yield staging
+        # A replaced folder keeps its permissions; a new one gets the umask's.
+        old_mode = directory.stat().st_mode & 0o7777 if directory.is_dir() else None
+        follow_umask(staging, old_mode)
         fsync_tree(staging)
         with deferred_interrupts():
             if not directory.exists():
@@ -162,8 +197,11 @@ def replaced_folder(directory, allowed: Iterable[str]) -> Iterator[Path]:
 
 
 def clean_leftovers(directory) -> list[Path]:
-    """Restore a folder a killed save set aside; remove killed saves' staging."""
-    directory = Path(directory)
+    """Restore a folder a killed save set aside; remove killed saves' staging.
+
+    Call it holding the lock: another writer's staging is then never in progress.
+    """
+    directory = Path(directory).resolve()
     if not directory.parent.is_dir():
         return []
     leftovers = sorted(directory.parent.glob(staging_prefix(directory) + "*"))
@@ -177,19 +215,30 @@ def clean_leftovers(directory) -> list[Path]:
 
 
 @contextlib.contextmanager
-def locked(directory) -> Iterator[Path]:
-    """Hold an exclusive lock on `directory` (a file beside it), or fail at once."""
-    directory = Path(directory)
-    lock = directory.parent / f".{directory.name}.lock"
-    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+def locked(directory, wait: float = 0) -> Iterator[Path]:
+    """Hold an exclusive lock on `directory` (a file beside it), waiting up to `wait` s.
+
+    The lock belongs to the real folder: a symbolic link to it, or another spelling of
+    its path, takes the same lock.
+    """
+    real = Path(directory).resolve()
+    lock = real.parent / f".{real.name}.lock"
+    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    deadline = time.monotonic() + wait
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
-            raise FolderInUseError(
-                f"{directory} is in use by another process (PID {holder or 'unknown'})"
-            ) from None
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+                raise FolderInUseError(
+                    f"{directory} is in use by another process "
+                    f"(PID {holder or 'unknown'})"
+                ) from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         yield lock

@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,13 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 
-from lora_edu import cli, files, llama, lora, peft_workflow
+from lora_edu import cli, experiments, files, llama, lora, peft_workflow, pretrain
 from lora_edu.llama import load_model
 from lora_edu.pretrain import weather_reports
 
 TRAIN = "from lora_edu.cli import train_cli; train_cli()"
 GENERATE = "from lora_edu.cli import generate_cli; generate_cli()"
+# As `python -m lora_edu.experiments` runs it.
+EXPERIMENTS = (
+    "import runpy; "
+    "runpy.run_module('lora_edu.experiments', run_name='__main__', alter_sys=True)"
+)
 ROOT = Path(__file__).parents[1]
 
 
@@ -82,7 +89,13 @@ def no_model(monkeypatch):
 # --- start-up: --help and argument errors come before the heavy imports ---------
 
 
-@pytest.mark.parametrize("code", [TRAIN, GENERATE])
+def test_the_names_spelt_out_for_a_quick_start_are_the_packages():
+    assert (cli.TINY, cli.TINY_DIR) == (llama.TINY_LLAMA3, pretrain.DATA_DIR)
+    assert cli.GRID_DIR == experiments.RESULTS_DIR
+    assert cli.GRID_FILES == (experiments.RESULTS, experiments.ADAPTERS)
+
+
+@pytest.mark.parametrize("code", [TRAIN, GENERATE, EXPERIMENTS])
 def test_help_answers_in_under_two_seconds_without_importing_torch(code):
     checked = (
         f"import sys\ntry:\n    {code}\n"
@@ -129,6 +142,12 @@ def test_help_answers_in_under_two_seconds_without_importing_torch(code):
         ),
         ("--model", "", "--model is empty; name a model, e.g. --model tiny-llama3"),
         ("--targets", " , ", "--targets names no module"),
+        (
+            "--model",
+            "/nowhere/my-model",
+            "--model names /nowhere/my-model, which does not exist on this machine; "
+            "name tiny-llama3, a hub name, or a model's folder",
+        ),
     ],
 )
 def test_bad_numbers_and_names_are_one_line_errors(
@@ -379,6 +398,57 @@ def test_a_sigkill_at_any_step_of_a_save_leaves_the_old_or_the_new_adapter(
     assert ("exchange" in steps) and steps.count("fsync") >= 3, steps
 
 
+FALLBACK_KILL = """
+import os, sys, time
+from lora_edu import files, lora
+from lora_edu.llama import load_model
+files._exchange = lambda a, b: False  # a file system without RENAME_EXCHANGE
+renames, rename = [], os.rename
+def pausing(source, target):
+    renames.append(source)
+    if len(renames) == 2:  # the old adapter is aside, the new one not yet in place
+        print("between the renames", flush=True)
+        time.sleep(600)
+    rename(source, target)
+os.rename = pausing
+model = lora.inject_lora(load_model()[0], ["q_proj", "v_proj"], r=8, lora_alpha=16)
+lora.save_adapter(model, sys.argv[1], "tiny-llama3", overwrite=True)
+"""
+
+
+def test_an_adapter_set_aside_by_a_killed_save_is_restored_and_kept(
+    weather, tmp_path, capsys, no_model
+):
+    base = load_model()[0]
+    output = tmp_path / "adapter"
+    lora.save_adapter(lora.inject_lora(copy.deepcopy(base), ["q_proj"], 4, 8), output)
+    process = start(FALLBACK_KILL, [output])
+    assert process.stdout.readline() == "between the renames\n"
+    process.kill()  # SIGKILL between the fallback's two renames
+    process.communicate(timeout=60)
+    assert not output.exists()
+    capsys.readouterr()  # the progress bar of loading the base model above
+    status, out, err = run(cli.train, quick(weather, output), capsys)
+    assert status == 2 and out == "", err
+    assert err == (
+        f"lora-edu-train: error: {output} already holds an adapter; choose another "
+        "--output, or pass --overwrite to replace it\n"
+    )
+    assert adapter_rank(output, base) == 4, "the old adapter is back, unchanged"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".adapter.lock", "adapter"]
+
+
+def test_a_link_to_an_output_takes_the_real_folders_lock(
+    weather, tmp_path, capsys, no_model
+):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with files.locked(tmp_path / "real"):
+        status, _, err = run(cli.train, quick(weather, tmp_path / "link"), capsys)
+    assert status == 2
+    assert err.startswith(f"lora-edu-train: error: {tmp_path / 'link'} is in use")
+
+
 # --- training that fails, and output that repeats -------------------------------
 
 
@@ -392,10 +462,10 @@ def test_a_diverging_run_fails_loudly_and_keeps_the_previous_adapter(
         cli.train, quick(weather, output, "--lr", "1e6", "--overwrite"), capsys
     )
     assert status == 1 and "Wrote:" not in out
-    assert (
-        "lora-edu-train: training failed: " in err
-        and "Try a smaller --lr (now 1e+06)" in err
-    )
+    # The message starts a line of its own, not the progress bar's line.
+    (message,) = [line for line in err.split("\n") if "training failed" in line]
+    assert message.startswith("lora-edu-train: training failed: "), message
+    assert "Try a smaller --lr (now 1e+06)" in message
     assert f"{output} still holds the adapter it held before." in err
     assert (output / "adapter_model.safetensors").read_bytes() == before
 
@@ -529,3 +599,194 @@ def test_generate_answers_bad_input_in_one_line(adapter, tmp_path, capsys):
         status, out, err = run(cli.generate, args, capsys)
         assert status == 2 and out == "" and len(err.splitlines()) == 1, err
         assert __import__("re").search(message, err), (message, err)
+
+
+# --- adapters that travel -------------------------------------------------------
+
+LOADERS = """
+import sys, torch
+import lora_edu
+from peft import PeftModel
+from lora_edu import lora
+from lora_edu.llama import load_model
+assert lora_edu.__file__.startswith(sys.argv[2]), lora_edu.__file__
+base, tokenizer = load_model()
+ids = tokenizer(["On Monday, Oslo will be"], return_tensors="pt").input_ids
+with torch.no_grad():
+    theirs = PeftModel.from_pretrained(load_model()[0], sys.argv[1]).eval()(ids).logits
+    ours = lora.load_adapter(base, sys.argv[1]).eval()(ids).logits
+print(f"PEFT and load_adapter agree to {(theirs - ours).abs().max().item():.0e}")
+"""
+
+
+def test_an_adapter_trained_in_one_checkout_works_in_another(adapter, tmp_path):
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny-llama3"
+    clone = tmp_path / "clone"  # another checkout: its own package and tiny model
+    shutil.copytree(
+        ROOT / "lora_edu",
+        clone / "lora_edu",
+        ignore=shutil.ignore_patterns("__pycache__", ".*.lock"),
+    )
+    environment = {**os.environ, "PYTHONPATH": str(clone)}
+    prompt = "On Monday, Oslo will be"
+    done = subprocess.run(
+        [sys.executable, "-c", GENERATE, "--adapter", adapter, "--prompt", prompt],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environment,
+    )
+    base, tokenizer = load_model()
+    expected = llama.complete(lora.load_adapter(base, adapter), tokenizer, prompt, 20)
+    assert (done.returncode, done.stdout) == (0, f"{prompt}{expected}\n"), done.stderr
+    done = subprocess.run(
+        [sys.executable, "-c", LOADERS, adapter, clone],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environment,
+    )
+    assert done.returncode == 0, done.stderr
+    difference = float(done.stdout.split()[-1])
+    assert difference <= 1e-5, done.stdout
+
+
+def with_base(adapter, folder, base, **config_changes):
+    """A copy of adapter whose config names base (and has config_changes)."""
+    shutil.copytree(adapter, folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config |= {"base_model_name_or_path": base, **config_changes}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_generate_finds_the_course_model_wherever_the_adapter_comes_from(
+    adapter, tmp_path, capsys
+):
+    prompt = "On Monday, Oslo will be"
+    base, tokenizer = load_model()
+    adapted = lora.load_adapter(base, adapter)
+    expected = f"{prompt}{llama.complete(adapted, tokenizer, prompt, 20)}\n"
+    copied_model = tmp_path / "models" / "my-tiny"
+    shutil.copytree(pretrain.DATA_DIR, copied_model)
+    recognised = {
+        # lora-edu-train before this change, or PEFT, in another checkout or machine
+        "another checkout": "/home/ada/lora/lora_edu/data/tiny-llama3",
+        "a copy of the model": str(copied_model),
+        "the name": "tiny-llama3",
+    }
+    for name, recorded in recognised.items():
+        moved = with_base(adapter, tmp_path / name, recorded)
+        status, out, err = run(
+            cli.generate, ["--adapter", moved, "--prompt", prompt], capsys
+        )
+        assert (status, out) == (0, expected), (name, err)
+    missing = with_base(adapter, tmp_path / "missing", "/home/ada/models/mine")
+    hub = with_base(adapter, tmp_path / "hub", "meta-llama/Meta-Llama-3-8B")
+    cases = [
+        (
+            ["--adapter", missing],
+            re.escape(str(missing / "adapter_config.json"))
+            + " names the base model /home/ada/models/mine, which does not exist on "
+            "this machine; name the base model with --model "
+            r"\(tiny-llama3, a hub name, or a folder\)",
+        ),
+        (
+            ["--adapter", hub],
+            "meta-llama/Meta-Llama-3-8B cannot be loaded here: it needs a CUDA GPU.* "
+            r"\(meta-llama/Meta-Llama-3-8B is no folder here, so it names a model on "
+            r"the Hub.\) Run on a machine with a CUDA GPU, with --device cuda, or name "
+            "another base model with --model",
+        ),
+    ]
+    for args, message in cases:
+        status, out, err = run(cli.generate, [*args, "--prompt", prompt], capsys)
+        assert status == 2 and out == "" and len(err.splitlines()) == 1, err
+        assert re.search(message, err), (message, err)
+    # --model names the base when the adapter's config cannot.
+    status, out, err = run(
+        cli.generate,
+        ["--adapter", missing, "--model", "tiny-llama3", "--prompt", prompt],
+        capsys,
+    )
+    assert (status, out) == (0, expected), err
+
+
+WEIGHTS = "adapter_model.safetensors"
+UNREADABLE = f"{WEIGHTS} is not a safetensors file we can read"
+
+
+def damage(folder, case):
+    """Damage the adapter in folder as `case` says."""
+    weights = folder / WEIGHTS
+    if case == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif case == "garbage":
+        weights.write_bytes(bytes(range(256)) * 40)
+    elif case == "huge header":  # its first 8 bytes claim a header of 1 TB
+        weights.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    elif case == "alpha 1e300":
+        config = json.loads((folder / "adapter_config.json").read_text())
+        config["lora_alpha"] = 1e300
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+    else:  # each factor finite, their product B·A beyond float32: outputs overflow
+        save_file({k: v * 1e25 for k, v in load_file(weights).items()}, weights)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("truncated", UNREADABLE),
+        ("garbage", UNREADABLE),
+        ("huge header", UNREADABLE),
+        (
+            "alpha 1e300",
+            r"lora_alpha 1e\+300 scales the update by 2.5e\+299, beyond float32's "
+            "range: every output would be infinite",
+        ),
+        (
+            "huge weights",
+            r"makes the model's outputs NaN or infinite \(lora_alpha 16, r 4\)",
+        ),
+    ],
+)
+def test_generate_refuses_a_damaged_adapter_in_one_line(
+    adapter, tmp_path, capsys, case, message
+):
+    folder = with_base(adapter, tmp_path / "damaged", "tiny-llama3")
+    damage(folder, case)
+    status, out, err = run(
+        cli.generate, ["--adapter", folder, "--prompt", "On Monday"], capsys
+    )
+    assert status == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert re.search(message, err), (message, err)
+
+
+def test_generate_refuses_a_prompt_longer_than_the_models_context(adapter, capsys):
+    prompt = "On Monday, Oslo will be warm. " * 40
+    status, out, err = run(
+        cli.generate, ["--adapter", adapter, "--prompt", prompt], capsys
+    )
+    assert status == 2 and out == ""
+    assert re.fullmatch(
+        r"lora-edu-generate: error: --prompt is \d+ tokens long; with --max-new-tokens "
+        "20 that is more than the 256 positions tiny-llama3 reads at once: shorten "
+        "the prompt or ask for fewer tokens\n",
+        err,
+    ), err
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line(adapter):
+    # A shell in another locale passes Latin-1 bytes: "café" is b"caf\xe9".
+    done = subprocess.run(
+        [sys.executable, "-c", GENERATE, "--adapter", adapter, "--prompt", b"caf\xe9"],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": "C"},
+    )
+    assert (done.returncode, done.stdout) == (2, b"")
+    assert done.stderr == (
+        b"lora-edu-generate: error: --prompt is not valid UTF-8: byte 3 is 0xe9; "
+        b"write it in your terminal's encoding, or set a UTF-8 locale "
+        b"(e.g. LC_ALL=C.UTF-8)\n"
+    )

@@ -1,8 +1,15 @@
 """Chapter 7: subspace similarity, budgets, and the grid command against its results."""
 
 import json
+import os
+import re
+import runpy
+import signal
 import subprocess
 import sys
+import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,6 +136,162 @@ def test_bad_command_lines_get_one_line_and_status_2(tmp_path):
     (tmp_path / experiments.RESULTS).write_text(json.dumps({"settings": {}}))
     done = run_command("--only", "full/lr0.001/seed0", "--output", str(tmp_path))
     assert done.returncode == 2 and "other settings" in done.stderr
+
+
+# python -m lora_edu.experiments with fewer training steps a cell, to run in seconds.
+QUICK_GRID = (
+    "import runpy, sys; from lora_edu import experiments; "
+    "experiments.SETTINGS['steps'] = int(sys.argv.pop(1)); "
+    "runpy.run_module('lora_edu.experiments', run_name='__main__', alter_sys=True)"
+)
+ROOT = Path(__file__).parents[1]
+
+
+def start_grid(steps, *args):
+    return subprocess.Popen(
+        [sys.executable, "-c", QUICK_GRID, str(steps), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+    )
+
+
+@pytest.fixture
+def quick_cells(monkeypatch):
+    """Cells of 4 steps, run in this process; the thread count is restored after."""
+    monkeypatch.setitem(experiments.SETTINGS, "steps", 4)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def grid_command(args, capsys, monkeypatch):
+    """Run python -m lora_edu.experiments in this process: (status, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["experiments", *map(str, args)])
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with warnings.catch_warnings():
+            # runpy's note that the module is imported already: the command then
+            # hands over to that imported module, as it does under python -m.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            runpy.run_module("lora_edu.experiments", run_name="__main__")
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    finally:
+        signal.signal(signal.SIGTERM, handler)  # the command sets its own
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        (experiments.RESULTS, "[]", "does not hold a grid's results: it holds a list"),
+        (experiments.ADAPTERS, "garbage", "cannot read the results in"),
+        (
+            "notes.txt",
+            "the user's notes",
+            r"holds files that are not the grid's results \(notes.txt\); choose an "
+            "empty folder",
+        ),
+    ],
+)
+def test_bad_outputs_are_one_line_before_any_cell_trains(
+    tmp_path, capsys, monkeypatch, file, content, message
+):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cell trained before the output was checked")
+
+    monkeypatch.setattr(experiments, "run_cell", refuse)
+    folder = tmp_path / "grid"
+    experiments.save_results(folder, {"settings": experiments.SETTINGS, "runs": {}}, {})
+    (folder / file).write_text(content)
+    status, out, err = grid_command(
+        ["--only", "full/lr0.001/seed0", "--output", folder], capsys, monkeypatch
+    )
+    assert status == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("python -m lora_edu.experiments: error: ")
+    assert re.search(message, err), err
+    assert (folder / file).read_text() == content
+
+
+SAVE_AND_PAUSE = """
+import sys, time
+from lora_edu import experiments, files
+def pausing(path):
+    print("paused in the save", flush=True)
+    time.sleep(600)
+files.fsync_tree = pausing
+results = {"settings": experiments.SETTINGS, "runs": {}}
+experiments.save_results(sys.argv[1], results, {})
+"""
+
+
+def test_a_save_killed_by_sigkill_is_cleaned_by_the_next_run(
+    tmp_path, capsys, monkeypatch, quick_cells
+):
+    output = tmp_path / "grid"
+    killed = subprocess.Popen(
+        [sys.executable, "-c", SAVE_AND_PAUSE, str(output)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert killed.stdout.readline() == "paused in the save\n"
+    killed.kill()
+    killed.communicate(timeout=60)
+    assert [p.name[: len(".grid.new-")] for p in tmp_path.iterdir()] == [".grid.new-"]
+    status, _, err = grid_command(
+        ["--only", "lora/q4+v4/lr0.01/seed0", "--output", output], capsys, monkeypatch
+    )
+    assert status == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".grid.lock", "grid"]
+
+
+def test_two_slices_on_one_output_at_once_both_store_their_cells(tmp_path):
+    output = tmp_path / "grid"
+    names = ["lora/q4+v4/lr0.01/seed0", "lora/q4+v4/lr0.01/seed1"]
+    slices = [start_grid(4, "--only", name, "--output", output) for name in names]
+    printed = [process.communicate(timeout=600) for process in slices]
+    results, adapters = experiments.load_results(output)
+    assert sorted(results["runs"]) == names, "no slice's cell is lost"
+    assert {key.split(":")[0] for key in adapters} == set(names)
+    for process, (out, err) in zip(slices, printed):
+        print(out)  # what each printed
+        assert process.returncode == 0, err
+        assert out.startswith(f"Running 1 cell; each is stored in {output} when done.")
+    finals = sorted(out.splitlines()[-1] for out, _ in printed)
+    assert finals == [
+        f"Ran 1 cell; {output} holds 1 cell.",
+        f"Ran 1 cell; {output} holds 2 cells.",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".grid.lock", "grid"]
+
+
+def test_ctrl_c_during_a_cell_is_one_line_and_status_130(tmp_path):
+    output = tmp_path / "grid"
+    process = start_grid(100_000, "--only", "full/lr0.001/seed0", "--output", output)
+    try:
+        seen = ""
+        while "grid:" not in seen:  # the grid's progress bar: the first cell starts
+            character = process.stderr.read(1)
+            assert character, f"the grid never started: {seen}"
+            seen += character
+        time.sleep(1)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in err
+    assert err.endswith(
+        f"\nInterrupted. 0 cells of this run stored in {output}; "
+        "no file was left half-written.\n"
+    ), err
+    assert not output.exists()
 
 
 def test_the_command_reproduces_a_stored_cell_and_its_adapter(tmp_path):

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lora_edu import files
@@ -125,3 +126,93 @@ def test_read_text_names_the_file_and_the_problem(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises(ValueError, match=r"the data file .*data \[1\]\.txt " + message):
         files.read_text(path, "the data file")
+
+
+def test_a_link_to_a_folder_is_followed_and_the_link_kept(tmp_path):
+    real = make(tmp_path / "real", a="old a")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    make(tmp_path / ".real.new-killed")  # a killed save's staging, beside the real one
+    files.clean_leftovers(link)
+    with files.replaced_folder(link, ALLOWED) as staging:
+        (staging / "a").write_text("new a")
+    assert link.is_symlink() and link.resolve() == real
+    assert (real / "a").read_text() == "new a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+def test_the_lock_belongs_to_the_real_folder_whatever_names_it(tmp_path):
+    real = make(tmp_path / "real")
+    (tmp_path / "link").symlink_to(real)
+    for other in [tmp_path / "link", tmp_path / "real" / ".." / "real"]:
+        with (
+            files.locked(real),
+            pytest.raises(files.FolderInUseError, match="in use by another process"),
+            files.locked(other),
+        ):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".real.lock", "link", "real"]
+
+
+def test_waiting_for_a_lock_gives_up_after_the_time_given(tmp_path):
+    target = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with (
+            pytest.raises(files.FolderInUseError, match=f"PID {holder.pid}"),
+            files.locked(target, wait=0.3),
+        ):
+            pass
+        holder.send_signal(signal.SIGTERM)  # the lock goes with the process
+        holder.wait(timeout=60)
+        with files.locked(target, wait=5):
+            pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+
+LOCK_HOLDER = """
+import sys, time
+from lora_edu import files
+with files.locked(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def mode(path):
+    return path.stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_new_folder_and_its_files_get_the_permissions_the_umask_gives(
+    tmp_path, umask
+):
+    from safetensors.numpy import save_file
+
+    previous = os.umask(umask)
+    try:
+        with files.replaced_folder(tmp_path / "out", ALLOWED) as staging:
+            (staging / "a").write_text("new a")
+            # safetensors writes through a private temporary file: 0600 whatever umask.
+            save_file({"x": np.ones(2, dtype=np.float32)}, staging / "b")
+            (staging / "sub").mkdir()
+    finally:
+        os.umask(previous)
+    out = tmp_path / "out"
+    assert [mode(p) for p in (out, out / "sub")] == [0o777 & ~umask] * 2
+    assert [mode(p) for p in (out / "a", out / "b")] == [0o666 & ~umask] * 2
+
+
+def test_a_replaced_folder_keeps_its_own_permissions(tmp_path):
+    target = make(tmp_path / "out", a="old a")
+    target.chmod(0o750)
+    with files.replaced_folder(target, ALLOWED) as staging:
+        (staging / "a").write_text("new a")
+    assert mode(target) == 0o750
