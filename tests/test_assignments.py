@@ -201,7 +201,7 @@ def given_names(notebook):
     found = set()
     for cell in notebook.cells:
         if cell.cell_type == "code":
-            code = re.sub(r"^\s*[%!].*$", "", cell.source, flags=re.M)
+            code = re.sub(r"^(\s*)[%!].*$", r"\1pass", cell.source, flags=re.M)
             for node in ast.parse(code).body:
                 found |= bound_names(node)
     return found
