@@ -89,7 +89,7 @@ def batch(build_assignment, tmp_path_factory):
 
     right = reference(out)
     right.metadata["kernelspec"]["name"] = "my-own-env"
-    nbformat.write(right, folder / '=HYPERLINK("http://x").ipynb')
+    nbformat.write(right, folder / '=HYPERLINK("x").ipynb')
     hostile = reference(out)
     code = HOSTILE.format(
         outside=str(outside), token=token, port=listener.getsockname()[1], sleep=SLEEP
@@ -160,7 +160,7 @@ def test_one_bad_submission_costs_only_its_own_grade(batch):
     graded = by_student(batch["rows"])
     kernel = "its kernel 'my-own-env' was replaced by python3"
     # The CSV writes points as whole numbers where they are (1, not 1.0).
-    assert graded['\'=HYPERLINK("http://x")'] == {
+    assert graded['\'=HYPERLINK("x")'] == {
         "q1_1": ("1", "1", kernel),
         "q1_3": ("2", "2", kernel),
     }
@@ -177,7 +177,7 @@ def test_one_bad_submission_costs_only_its_own_grade(batch):
             "q1_3": ("0", "2", reason),
         }, student
     assert "not notebooks, listed with 0 points: notes.txt" in batch["printed"]
-    assert set(graded) == {'\'=HYPERLINK("http://x")', "carl", *reasons}
+    assert set(graded) == {'\'=HYPERLINK("x")', "carl", *reasons}
 
 
 def test_a_submission_cannot_write_outside_connect_or_outlive_its_grading(batch):

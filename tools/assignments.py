@@ -310,6 +310,8 @@ def scores_from(report: dict, points: dict[str, int]) -> tuple[dict, str]:
     The questions and their totals are the master's: a report cannot add questions or
     raise a total, and a score that is not a number within the total counts 0.
     """
+    if not isinstance(report, dict):
+        return {}, "grading returned no scores"
     if "error" in report:
         message = str(report["error"]).strip().splitlines() or ["no message"]
         return {}, "could not be graded: " + message[-1][:200]
