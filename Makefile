@@ -23,9 +23,12 @@ assignments: $(VENV)/.installed
 	$(BIN)/python tools/assignments.py build _build/assignments
 
 # Grade a folder of submitted notebooks: make grade ASSIGNMENT=01_matrix_rank SUBMISSIONS=dir
-# writes _build/grades/ASSIGNMENT.csv (student, question, points, total). No Docker, no network.
+# writes _build/grades/ASSIGNMENT.csv (student, question, points, total, reason), keeping an
+# older one as a backup. Each notebook runs in a bubblewrap sandbox (no network, writes only
+# to its scratch folder, 300 s); without bubblewrap it refuses unless UNSAFE=1.
 grade: $(VENV)/.installed
-	$(BIN)/python tools/assignments.py grade "$(ASSIGNMENT)" "$(SUBMISSIONS)"
+	$(BIN)/python tools/assignments.py grade "$(ASSIGNMENT)" "$(SUBMISSIONS)" \
+		$(if $(filter 1,$(UNSAFE)),--unsafe)
 
 # Lint, unit tests, the notebooks re-run (nbval), the strict book build, and last the
 # book just built, opened in headless Chromium: formulas, figures, links, widths, no

@@ -1,5 +1,7 @@
 """The page "For instructors" states what each assignment grades, with its points."""
 
+import csv
+import io
 import re
 import sys
 from pathlib import Path
@@ -32,3 +34,25 @@ def test_the_page_gives_the_commands_the_makefile_has():
     makefile = (ROOT / "Makefile").read_text()
     for target in ["book-student", "assignments", "grade"]:
         assert f"make {target}" in PAGE and f"\n{target}:" in makefile
+
+
+def test_no_assignment_is_due_on_the_day_its_chapter_is_taught():
+    plan = re.findall(r"^\| (\d+) \| (.*?) \|(.*)\|$", PAGE, re.M)
+    taught, due = {}, {}
+    for day, in_class, hand_in in plan:
+        for chapter in re.findall(r"Chapters? (\d+)", in_class):
+            taught.setdefault(int(chapter), int(day))
+        for assignment in re.findall(r"\b(\d\d)\b", hand_in):
+            due[int(assignment)] = int(day)
+    assert due, "found no plan"
+    for assignment, day in due.items():
+        assert taught[assignment] < day, f"assignment {assignment:02} on day {day}"
+
+
+def test_the_page_shows_the_csv_as_the_tool_writes_it():
+    (block,) = re.findall(r"```text\n(student,.*?)```", PAGE, re.S)
+    header, *rows = block.splitlines()
+    assert header == ",".join(assignments.FIELDS) and rows
+    for row in csv.DictReader(io.StringIO(block)):
+        for key in ("points", "total"):
+            assert row[key] == assignments.spreadsheet_safe(float(row[key])), row

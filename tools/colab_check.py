@@ -10,6 +10,11 @@ differ from the stored ones) and exits with status 1 if any chapter failed. It n
 network to reach PyPI (about 3 GB: PyPI's torch is the CUDA build) and is not part of
 `make test`.
 
+Where `make assignments` has built the hand-outs (_build/assignments/NAME/student/), it
+also runs each as Colab would: from an empty working folder that is not the notebook's
+(Colab's is /content), with otter-grader installed by the notebook's first cell and told
+that it runs in Colab, so that `grader.check` must find the tests the notebook carries.
+
     python tools/colab_check.py            # or: make colab-check
     python tools/colab_check.py 04 05      # only the chapters whose names start so
 """
@@ -24,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import nbformat
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".colab-check"
 VENV = WORK / "venv"
@@ -33,6 +40,7 @@ PREINSTALLED = ["torch", "numpy", "matplotlib", "jupyter", "ipykernel", "nbclien
 # vary.
 SKIP_TAGS = {"nbval-skip", "nbval-ignore-output"}
 WIDGET = "application/vnd.jupyter.widget-view+json"
+ASSIGNMENTS = ROOT / "_build" / "assignments"
 
 
 def python312() -> str:
@@ -168,7 +176,56 @@ def main() -> int:
             note += f"\n      {cell_id}: {change}"
         print(f"pass  {chapter.name:36} {seconds:6.1f} s  {note}")
     print(f"colab-check: {len(chapters) - failed} of {len(chapters)} chapters ran")
+    handouts = sorted(ASSIGNMENTS.glob("*/student/*.ipynb"))
+    for handout in handouts:
+        start = time.perf_counter()
+        try:
+            run_as_in_colab(nbformat.read(handout, as_version=4), python=python)
+            outcome = "pass"
+        except RuntimeError as error:
+            failed, outcome = failed + 1, f"FAIL  {error}"
+        seconds = time.perf_counter() - start
+        print(f"{outcome[:4]}  {handout.name:36} {seconds:6.1f} s  {outcome[6:]}")
+    if not handouts:
+        print("colab-check: no hand-outs in _build/assignments (run make assignments)")
     return 1 if failed else 0
+
+
+# Otter tells Colab by the shell's name; in this kernel, it takes ipykernel's for it.
+OTTER_IN_COLAB = """\
+from otter.check.utils import IPythonInterpreter
+
+IPythonInterpreter.COLAB.value.check_strs.append("ipykernel")"""
+
+
+def run_as_in_colab(notebook, folder=None, python=None) -> None:
+    """Execute a hand-out as Colab does: otter in Colab mode, another working folder.
+
+    `folder` (default: a new empty one) is the working folder; the notebook runs from a
+    copy in another folder. `python` is the interpreter whose kernel runs it (default:
+    this one, where otter is installed already, so the notebook's %pip lines are
+    skipped). Raises RuntimeError with the last line of the error if a cell fails.
+    """
+    notebook = nbformat.reads(nbformat.writes(notebook), as_version=4)
+    first = 1 if notebook.cells[0].source.startswith("%pip install") else 0
+    if python is None:
+        for cell in notebook.cells:
+            cell.source = re.sub(r"^(\s*)%pip .*$", r"\1pass", cell.source, flags=re.M)
+    notebook.cells.insert(first, nbformat.v4.new_code_cell(OTTER_IN_COLAB))
+    with tempfile.TemporaryDirectory() as elsewhere:
+        working = Path(folder or Path(elsewhere, "content"))
+        working.mkdir(exist_ok=True)
+        copy = Path(elsewhere, "drive", "handout.ipynb")
+        copy.parent.mkdir()
+        nbformat.write(notebook, copy)
+        run = subprocess.run(
+            [python or sys.executable, "-c", EXECUTE, str(copy), str(working)],
+            capture_output=True,
+            text=True,
+        )
+    if run.returncode != 0:
+        lines = run.stderr.strip().splitlines() or ["(no message)"]
+        raise RuntimeError(lines[-1])
 
 
 VERSIONS = """
@@ -177,14 +234,19 @@ names = ["torch", "numpy", "transformers", "peft", "datasets", "matplotlib", "lo
 print(", ".join(f"{n} {m.version(n)}" for n in names))
 """
 
-# Runs inside the Colab-like venv: execute the notebook in place, top to bottom.
+# Runs inside the Colab-like venv: execute the notebook in place, top to bottom, in the
+# working folder given after it (default: its own).
 EXECUTE = """
 import sys
+from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 path = sys.argv[1]
+folder = sys.argv[2] if len(sys.argv) > 2 else str(Path(path).parent)
 nb = nbformat.read(path, as_version=4)
-NotebookClient(nb, timeout=1800, kernel_name="python3").execute()
+NotebookClient(
+    nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": folder}}
+).execute()
 nbformat.write(nb, path)
 """
 
