@@ -94,7 +94,6 @@ ALLOWED: dict[str, dict[str, str]] = {
         "0.1%": "the LoRA paper's stated spread of its MultiNLI results (±0.1%)",
         "21.5": "the LoRA paper's Table 7 amplification factor at r = 4, quoted in"
         " Exercise 7.3 (PAPER-FIGURES.md)",
-        "0.3": "QLoRA's max_grad_norm default in artidoro/qlora's qlora.py, quoted",
         "1,500": "experiments.SETTINGS['train_lines'], a setting of the grid",
         "10^{-2}": "experiments.SETTINGS['lora_lr'], the grid's learning rate,"
         " a setting",
@@ -103,7 +102,6 @@ ALLOWED: dict[str, dict[str, str]] = {
         "0.125": "α/r = 8/64, worked in the sentence",
         "512": "8 × 64 values of (i, j), the size of the heatmap, by hand",
         "95%": "the threshold the truncation cell asserts (kept[16] > 0.95)",
-        "10^{-3}": "100 steps × 10⁻⁵, the bound on B's entries, worked in the sentence",
     },
     "08": {
         "12.5": "Exercise 8.2 solution: 16/128, the equal-spectrum baseline, by hand;"
