@@ -108,14 +108,14 @@ ALLOWED: dict[str, dict[str, str]] = {
         " its python block asserts share > 16 / 128",
     },
     "09": {
-        "0.9677083": "bitsandbytes' NF4_OFFSET, quoted as its source writes it (and"
-        " derived in the sentence as 929/960)",
         "0.127 bits": "QLoRA (Dettmers et al., 2023): the constants' cost with double"
         " quantization (PAPER-FIGURES.md); the bits cell prints 4.1270 for the whole",
-        "16 bytes": "the memory table's cost of a trainable parameter: float32 weight,"
-        " gradient and Adam's two moments, 4 × 4 bytes (Chapter 5)",
         "15": "Exercise 9.1 names NF4's last code (16 levels, codes 0 to 15); the"
         " check's demo no longer runs on the exercise's block (issue 18)",
+        "48 GB": "QLoRA (Dettmers et al., 2023): a 65B model fine-tuned on one 48 GB"
+        " GPU, quoted from the paper (PAPER-FIGURES.md)",
+        "780 GB": "QLoRA (Dettmers et al., 2023): 16-bit full fine-tuning of the 65B"
+        " model needs more than 780 GB, quoted from the paper (PAPER-FIGURES.md)",
     },
     "11": {
         "4×": "S-LoRA (Sheng et al., 2023): up to 4× the throughput of PEFT and of"

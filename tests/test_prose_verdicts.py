@@ -39,15 +39,24 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z*(])")
 
 # Chapter → {a piece of the sentence: why it may rank without a printed verdict}. Keep
 # each reason specific; an entry that matches no sentence of its chapter fails.
-ALLOWED: dict[str, dict[str, str]] = {}
+ALLOWED: dict[str, dict[str, str]] = {
+    "08": {
+        "larger ranks learn no better than small ones": "what the rsLoRA paper"
+        " (Kalajdzievski, 2023) reports, attributed to it; the chapter's own runs"
+        " follow with their verdicts",
+    },
+    "09": {
+        "on the float32 base within the seed noise, over three seeds": "the summary"
+        " restates the verdict that 'QLoRA on a CPU' prints (compared by nbval) right"
+        " above its own sentence saying so",
+    },
+}
 
 # Chapters whose prose still ranks without verdicts, with the work that fixes them.
 # Their tests are expected to fail (strictly: once one passes, remove its entry).
 PENDING: dict[str, str] = {
     "05": "issue 17: the forgetting comparison",
     "06": "issue 17: 'worse than guessing' before DAPT",
-    "08": "issue 17: rsLoRA's ranks and PiSSA's 'learns faster'",
-    "09": "issue 17: the QLoRA − LoRA gap over seeds",
 }
 
 
