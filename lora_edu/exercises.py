@@ -110,7 +110,7 @@ def check_has_rank(M, rank: int, shape=(4, 4)) -> bool:
         + (
             "make more rows combinations of the others."
             if actual > rank
-            else "add a row that is independent of the rest."
+            else "make a row that depends on the others independent of them."
         ),
     )
 

@@ -39,7 +39,7 @@ def test_check_has_rank(capsys):
     for wrong, hint in [
         (
             np.ones((4, 4), dtype=int),
-            "has rank 1, not 2: add a row that is independent",
+            "has rank 1, not 2: make a row that depends on the others independent",
         ),
         (np.eye(4, dtype=int) + 1, "has rank 4, not 2: make more rows combinations"),
         (with_zero, "Row 4, column 2 is zero"),
