@@ -46,7 +46,6 @@ ALLOWED: dict[str, dict[str, str]] = {}
 PENDING: dict[str, str] = {
     "04": "issue 17: rsLoRA's 'learns faster' and LoRA against full fine-tuning",
     "05": "issue 17: the forgetting comparison",
-    "06": "issue 17: 'worse than guessing' before DAPT",
     "07": "issue 17: Tables 5 and 6, subspace similarity, the summary",
     "08": "issue 17: rsLoRA's ranks and PiSSA's 'learns faster'",
     "09": "issue 17: the QLoRA − LoRA gap over seeds",
