@@ -39,7 +39,7 @@ def test_check_has_rank(capsys):
     for wrong, hint in [
         (
             np.ones((4, 4), dtype=int),
-            "has rank 1, not 2: add a row that is independent",
+            "has rank 1, not 2: make a row that depends on the others independent",
         ),
         (np.eye(4, dtype=int) + 1, "has rank 4, not 2: make more rows combinations"),
         (with_zero, "Row 4, column 2 is zero"),
@@ -64,6 +64,12 @@ def test_check_singular_values(capsys):
     assert not result and "never negative" in out
     result, out = verdict(capsys, exercises.check_singular_values, A, [6.0, 2.0])
     assert not result and "AᵀA" in out
+    # Three decimals, rounded correctly, are right; off by one in the third are not.
+    assert verdict(capsys, exercises.check_singular_values, A, [6.708, 2.236])[0]
+    result, out = verdict(capsys, exercises.check_singular_values, A, [6.708, 2.237])
+    assert not result and "Some values are off" in out
+    result, out = verdict(capsys, exercises.check_singular_values, A, [45.0, 5.0])
+    assert not result and "square roots" in out
 
 
 def test_check_approximation_error(capsys):
@@ -72,6 +78,10 @@ def test_check_approximation_error(capsys):
     result, out = verdict(capsys, exercises.check_approximation_error, D, 1, 2.0)
     assert not result and "spectral-norm error" in out and "_{" not in out
     result, out = verdict(capsys, exercises.check_approximation_error, D, 1, 1.0)
+    assert not result and "Eckart–Young" in out
+    # The solution's √5 ≈ 2.236 is right; 2.237 is off in the third decimal.
+    assert verdict(capsys, exercises.check_approximation_error, D, 1, 2.236)[0]
+    result, out = verdict(capsys, exercises.check_approximation_error, D, 1, 2.237)
     assert not result and "Eckart–Young" in out
 
 
@@ -229,3 +239,52 @@ def test_check_cross_term_norm(capsys):
         assert not result and hint in out, out
     with pytest.raises(ValueError):
         check(float("nan"))
+
+
+# Every check whose answer is a real number, with the right answer as its exercise's
+# solution rounds it. Integer answers, matrices and functions are checked exactly.
+ROUNDED_RIGHT_ANSWERS = {
+    "check_singular_values": ([[3, 0], [4, 5]], [6.708, 2.236]),
+    "check_approximation_error": (np.diag([3.0, 2.0, 1.0]), 1, 2.236),
+    "check_perplexity": (1.25, 3.49),
+    "check_perplexity_factor": (0.1, 0.905),
+    "check_rslora_alpha": (64, 16, 128),
+    "check_pissa_energy": (np.diag([3.0, 2.0, 1.0]), 1, 0.643),
+    "check_nf4_bits": (128, 4.0635),
+    "check_random_subspace_similarity": (12288, 8, 64, 0.0052),
+    "check_amplification_factor": (3.57, 1.90, 1.88),
+    "check_lora_share": (1024, 4096, 16, 0.0195),
+    "check_adapter_gigabytes": (8, 32, [(4096, 4096), (1024, 4096)], 1000, 2, 6.82),
+    "check_cross_term_norm": (1.414,),
+}
+EXACT_ANSWERS = {
+    "check_rank",
+    "check_has_rank",
+    "check_lora_parameter_count",
+    "check_lora_budget",
+    "check_lora_forward",
+    "check_merged_weight",
+    "check_lora_count_for_config",
+    "check_dora_parameter_count",
+    "check_pissa_to_lora",
+    "check_nf4_codes",
+    "check_kbit_cast_count",
+    "check_square_lora_budget",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROUNDED_RIGHT_ANSWERS))
+def test_a_correctly_rounded_answer_is_right(name, capsys):
+    result, out = verdict(
+        capsys, getattr(exercises, name), *ROUNDED_RIGHT_ANSWERS[name]
+    )
+    assert result is True, out
+
+
+def test_every_check_is_listed_as_rounded_or_exact():
+    checks = {name for name in dir(exercises) if name.startswith("check_")}
+    listed = set(ROUNDED_RIGHT_ANSWERS) | EXACT_ANSWERS
+    assert checks == listed, (
+        "list each new check in ROUNDED_RIGHT_ANSWERS (with its solution's rounded "
+        f"answer) or EXACT_ANSWERS: {sorted(checks ^ listed)}"
+    )

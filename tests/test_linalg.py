@@ -117,13 +117,15 @@ def test_the_chapter_examples_have_the_ranks_the_chapter_states(A, rank):
 
 def test_elimination_records_exact_steps_and_pivots():
     elimination = linalg.gaussian_elimination(
-        [[0, 2, 4, 1], [3, 1, 2, 2], [3, 3, 6, 3]]
+        [[0, 2, 4, 2], [2, 1, 0, 1], [3, 2, 1, 2]]
     )
     assert [step for step, _ in elimination.steps] == [
         "R1 ↔ R2",
-        "R3 ← R3 − 1·R1",
-        "R3 ← R3 − 1·R2",
+        "R3 ← R3 − 3/2·R1",
+        "R3 ← R3 − 1/4·R2",
     ]
+    # Chapter 1 says this example needs a row swap and produces fractions.
+    assert elimination.steps[1][1][2] == [0, Fraction(1, 2), 1, Fraction(1, 2)]
     assert elimination.pivot_columns == [0, 1] and elimination.rank == 2
     halves = linalg.gaussian_elimination([[2, 1], [1, 3]])
     assert halves.echelon == [[2, 1], [0, Fraction(5, 2)]]

@@ -67,6 +67,8 @@ ALLOWED: dict[str, dict[str, str]] = {
         "1×": "the timing section's reference: the base layer's time divided by itself",
     },
     "05": {
+        "16 GB": "a card's size as it is sold (the T4's), a label, not a measurement",
+        "15 GiB": "quoted: nvidia-smi on a cloud T4, from the Exafunction post cited",
         "16 bytes": "ZeRO (Rajbhandari et al., 2020): mixed-precision Adam holds"
         " 2+2+4+4+4 bytes per parameter",
         "131,072": "Exercise 5.1 solution: 8·(8192+8192), by hand; its block asserts"

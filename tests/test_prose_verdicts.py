@@ -56,7 +56,6 @@ ALLOWED: dict[str, dict[str, str]] = {
 # Their tests are expected to fail (strictly: once one passes, remove its entry).
 PENDING: dict[str, str] = {
     "05": "issue 17: the forgetting comparison",
-    "06": "issue 17: 'worse than guessing' before DAPT",
 }
 
 
