@@ -112,8 +112,6 @@ ALLOWED: dict[str, dict[str, str]] = {
     "09": {
         "0.127 bits": "QLoRA (Dettmers et al., 2023): the constants' cost with double"
         " quantization (PAPER-FIGURES.md); the bits cell prints 4.1270 for the whole",
-        "15": "Exercise 9.1 names NF4's last code (16 levels, codes 0 to 15); the"
-        " check's demo no longer runs on the exercise's block (issue 18)",
         "48 GB": "QLoRA (Dettmers et al., 2023): a 65B model fine-tuned on one 48 GB"
         " GPU, quoted from the paper (PAPER-FIGURES.md)",
         "780 GB": "QLoRA (Dettmers et al., 2023): 16-bit full fine-tuning of the 65B"

@@ -53,10 +53,8 @@ ALLOWED: dict[str, dict[str, str]] = {
 }
 
 # Chapters whose prose still ranks without verdicts, with the work that fixes them.
-# Their tests are expected to fail (strictly: once one passes, remove its entry).
-PENDING: dict[str, str] = {
-    "05": "issue 17: the forgetting comparison",
-}
+# Their tests are expected to fail; once one passes, it fails until its entry goes.
+PENDING: dict[str, str] = {}
 
 
 def compared_output(cell) -> str:
@@ -112,9 +110,10 @@ def chapter(path: Path) -> str:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_every_ranking_rests_on_a_printed_verdict(path):
-    if chapter(path) in PENDING:
-        pytest.xfail(PENDING[chapter(path)])
     problems = unsupported(path, ALLOWED.get(chapter(path), {}))
+    if chapter(path) in PENDING:
+        assert problems, f"{path.name} passes: remove it from PENDING"
+        pytest.xfail(PENDING[chapter(path)])
     assert not problems, (
         f"{path.name}: print lora_edu.stats.compare_runs(...) in the code cell right "
         "above each of these sentences, and rank only where it says "
