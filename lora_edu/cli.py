@@ -12,6 +12,7 @@ interrupt (Ctrl-C or SIGTERM) is one line and exit status 130 or 143.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import math
 import os
@@ -68,6 +69,14 @@ def _number(kind, minimum):
     return parse
 
 
+def _probability(text: str) -> float:
+    """An argparse type: a probability p with 0 <= p < 1."""
+    value = float(text)
+    if not 0 <= value < 1:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
+
+
 def train_parser() -> Parser:
     """The arguments of lora-edu-train."""
     parser = Parser(
@@ -111,6 +120,12 @@ def train_parser() -> Parser:
         default=",".join(ATTENTION),
         help="comma-separated linear layers to adapt (default %(default)s)",
     )
+    add(
+        "--dropout",
+        type=_probability,
+        default=0.05,
+        help="LoRA's dropout probability, in [0, 1) (default 0.05)",
+    )
     add("--epochs", type=number, default=1.0, help="passes over the data (default 1)")
     add("--lr", type=number, default=2e-3, help="peak learning rate (default 2e-3)")
     add(
@@ -119,7 +134,12 @@ def train_parser() -> Parser:
         default=64,
         help="tokens per training example, at least 2 (default 64)",
     )
-    add("--batch-size", type=count, default=8, help="blocks per batch (default 8)")
+    add(
+        "--batch-size",
+        type=count,
+        default=8,
+        help="blocks per batch, in each process under torchrun (default 8)",
+    )
     add(
         "--accumulation",
         type=count,
@@ -307,6 +327,11 @@ def _report_coverage(tokenizer, text: str, model_name: str) -> None:
         )
 
 
+def _launch_rank() -> tuple[int, int]:
+    """(rank, number of processes) that torchrun gave this process; (0, 1) alone."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 def _interrupted(signum: int, where: str) -> int:
     print(f"\nInterrupted. {where}", file=sys.stderr)
     return 128 + signum
@@ -341,6 +366,9 @@ def _train(args, parser, targets: list[str], text: str, work: Path) -> int:
     )
 
     _check_device(args.device)
+    rank = _launch_rank()[0]
+    if rank:  # under torchrun: rank 0 reports, and only rank 0 writes
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
     model, tokenizer = _load_model(args.model, args.device, args.load_in_4bit)
     ensure_pad_token(tokenizer)
     try:
@@ -366,7 +394,7 @@ def _train(args, parser, targets: list[str], text: str, work: Path) -> int:
         r=args.r,
         lora_alpha=args.alpha,
         target_modules=targets,
-        lora_dropout=0.05,
+        lora_dropout=args.dropout,
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(0)  # PEFT draws each A now; Trainer seeds only later
@@ -383,6 +411,7 @@ def _train(args, parser, targets: list[str], text: str, work: Path) -> int:
         evaluate=bool(args.eval_data),
     )
     arguments.logging_nan_inf_filter = False  # a NaN loss must be seen, not hidden
+    arguments.ddp_find_unused_parameters = False  # under torchrun: every factor is used
     checkpoint = CheckpointAdapter(output)
     trainer = make_trainer(
         model,
@@ -403,10 +432,12 @@ def _train(args, parser, targets: list[str], text: str, work: Path) -> int:
     try:
         before = math.exp(trainer.evaluate()["eval_loss"]) if args.eval_data else None
         trainer.train()
-        with deferred_interrupts():
-            save_peft_adapter(model, output, tokenizer if args.merge else None)
-            state["wrote"] = f"{output} holds the finished adapter"
-            checkpoint.epochs_saved = 0
+        if rank == 0:
+            with deferred_interrupts():
+                save_peft_adapter(model, output, tokenizer if args.merge else None)
+                state["wrote"] = f"{output} holds the finished adapter"
+                checkpoint.epochs_saved = 0
+        trainer.accelerator.wait_for_everyone()  # the other ranks wait for the save
         after = math.exp(trainer.evaluate()["eval_loss"]) if args.eval_data else None
     except KeyboardInterrupt:
         signum = signal.SIGTERM if _terminated else signal.SIGINT
@@ -444,12 +475,16 @@ def train(argv: list[str] | None = None) -> int:
     try:
         targets, text = _check_train_arguments(args)
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        with locked(args.output):
-            clean_leftovers(args.output)  # what killed runs left: staging folders
+        # Under torchrun only rank 0 locks, cleans and writes the output folder.
+        writer = _launch_rank()[0] == 0
+        with locked(args.output) if writer else contextlib.nullcontext():
+            if writer:
+                clean_leftovers(args.output)  # what killed runs left: staging folders
             # The trainer's scratch folder, beside the output: proves it writable first.
             work = Path(
                 tempfile.mkdtemp(
-                    prefix=staging_prefix(args.output), dir=args.output.parent
+                    prefix=staging_prefix(args.output) if writer else "lora-edu-rank-",
+                    dir=args.output.parent if writer else None,
                 )
             )
             try:
@@ -539,3 +574,7 @@ def train_cli() -> None:
 def generate_cli() -> None:
     """The console entry point of lora-edu-generate."""
     _run(generate)
+
+
+if __name__ == "__main__":  # torchrun -m lora_edu.cli: lora-edu-train on each rank
+    train_cli()

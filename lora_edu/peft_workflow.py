@@ -238,6 +238,8 @@ class CheckpointAdapter(TrainerCallback):
         self.directory, self.epochs_saved = directory, 0
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return  # under torchrun, rank 0 alone writes the output folder
         # The save and its count happen together, so an interrupt's report is true.
         with deferred_interrupts():
             save_peft_adapter(model, self.directory)
