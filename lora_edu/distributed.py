@@ -181,7 +181,7 @@ def zero_bytes_per_device(
     )
 
 
-def _blocks(block_size: int = 32, lines: int = 400) -> torch.Tensor:
+def corpus_blocks(block_size: int = 32, lines: int = 400) -> torch.Tensor:
     """The tiny model's corpus, as blocks of token ids: (n, block_size)."""
     from lora_edu.llama import load_model
     from lora_edu.pretrain import DATA_DIR, pack_blocks
@@ -207,7 +207,7 @@ def experiment(steps: int, batch_size: int) -> dict:
 
     from lora_edu.lora import lora_parameters
 
-    blocks, results = _blocks(), {}
+    blocks, results = corpus_blocks(), {}
     # 1. Data parallel LoRA: the adapter, the losses, the bytes all-reduced.
     model, counter = lora_model(), {"bytes": 0, "buckets": 0}
     results["losses"] = train_steps(model, blocks, steps, batch_size, counter=counter)
@@ -261,3 +261,36 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def llama3_70b_config():
+    """Meta-Llama-3-70B's published configuration. [Ch. 12]
+
+    80 layers of width 8192, 64 query and 8 key/value heads.
+    """
+    from lora_edu.llama import llama3_8b_config
+
+    config = llama3_8b_config()
+    config.update(
+        {
+            "hidden_size": 8192,
+            "intermediate_size": 28672,
+            "num_hidden_layers": 80,
+            "num_attention_heads": 64,
+        }
+    )
+    return config
+
+
+def fsdp_memory_table(model: nn.Module, gpus: tuple = (2, 4, 8)) -> list[dict]:
+    """Bytes a GPU holds under FSDP, before activations: memory_table / GPUs. [Ch. 12]
+
+    FSDP's full sharding is ZeRO stage 3: weights, gradients and optimizer states are
+    all split evenly over the GPUs. `model` must hold LoRA layers.
+    """
+    from lora_edu.llama import memory_table
+
+    return [
+        {"method": row["method"]} | {n: row["total"] / n for n in gpus}
+        for row in memory_table(model)
+    ]
