@@ -33,15 +33,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def torchrun(
-    arguments: list[str], processes: int = 2, timeout: float = 300, env=None
-) -> subprocess.CompletedProcess:
-    """Run `python -m torch.distributed.run` on the loopback address and a free port.
+def torchrun_command(arguments: list[str], processes: int = 2) -> list[str]:
+    """`python -m torch.distributed.run` on the loopback address and a free port.
 
     `arguments` follow torchrun's own (e.g. ["-m", "lora_edu.distributed", ...]).
-    The whole process group is killed if it runs past `timeout` seconds.
     """
-    command = [
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -50,14 +47,24 @@ def torchrun(
         f"--master_port={free_port()}",
         *arguments,
     ]
-    # One thread a process: torchrun would set it and print a warning saying so.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+
+
+def torchrun_env(**more: str) -> dict:
+    """The environment for torchrun: one thread a process, unbuffered output."""
+    # torchrun would set OMP_NUM_THREADS=1 itself, and print a warning saying so.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **more}
+
+
+def torchrun(
+    arguments: list[str], processes: int = 2, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run torchrun_command to its end; past `timeout` seconds, kill every rank."""
     process = subprocess.Popen(
-        command,
+        torchrun_command(arguments, processes),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=torchrun_env(),
         start_new_session=True,  # its own process group, so a timeout ends every rank
     )
     try:
@@ -66,7 +73,7 @@ def torchrun(
         os.killpg(process.pid, signal.SIGKILL)
         out, err = process.communicate()
         raise TimeoutError(f"torchrun ran past {timeout} s:\n{out}\n{err}") from None
-    return subprocess.CompletedProcess(command, process.returncode, out, err)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def counting_allreduce(counter: dict, bucket) -> torch.futures.Future[torch.Tensor]:
