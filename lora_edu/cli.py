@@ -366,7 +366,9 @@ def _train(args, parser, targets: list[str], text: str, work: Path) -> int:
     )
 
     _check_device(args.device)
-    rank = _launch_rank()[0]
+    rank, world = _launch_rank()
+    if args.device == "cuda" and world > 1:  # under torchrun: local rank k on GPU k
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if rank:  # under torchrun: rank 0 reports, and only rank 0 writes
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
     model, tokenizer = _load_model(args.model, args.device, args.load_in_4bit)

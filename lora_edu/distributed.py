@@ -84,7 +84,7 @@ def counting_allreduce(counter: dict, bucket) -> torch.futures.Future[torch.Tens
     buffer = bucket.buffer()
     counter["bytes"] += buffer.numel() * buffer.element_size()
     counter["buckets"] += 1
-    return default_hooks.allreduce_hook(None, bucket)  # sum, then divide by the ranks
+    return default_hooks.allreduce_hook(None, bucket)  # the mean over the ranks
 
 
 def train_steps(

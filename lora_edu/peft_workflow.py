@@ -281,7 +281,8 @@ def load_model_4bit(name: str, device: str = "cpu"):
             DATA_DIR,
             dtype=torch.float32,
             quantization_config=nf4_config(compute_dtype=torch.float32),
-            device_map={"": 0} if device == "cuda" else "cpu",
+            # The current GPU: under torchrun, lora-edu-train sets rank k on GPU k.
+            device_map={"": torch.cuda.current_device()} if device == "cuda" else "cpu",
         )
         tokenizer = AutoTokenizer.from_pretrained(DATA_DIR)
     # Trainer evaluates between epochs: without this, bitsandbytes' CPU path would
