@@ -14,6 +14,7 @@ interrupt (Ctrl-C or SIGTERM) is one line and exit status 130 or 143.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import filecmp
 import fnmatch
 import importlib.util
@@ -83,6 +84,14 @@ def _number(kind, minimum):
     return parse
 
 
+def _probability(text: str) -> float:
+    """An argparse type: a probability p with 0 <= p < 1."""
+    value = float(text)
+    if not 0 <= value < 1:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
+
+
 def train_parser() -> Parser:
     """The arguments of lora-edu-train."""
     parser = Parser(
@@ -126,6 +135,12 @@ def train_parser() -> Parser:
         default=",".join(ATTENTION),
         help="comma-separated linear layers to adapt (default %(default)s)",
     )
+    add(
+        "--dropout",
+        type=_probability,
+        default=0.05,
+        help="LoRA's dropout probability, in [0, 1) (default 0.05)",
+    )
     add("--epochs", type=number, default=1.0, help="passes over the data (default 1)")
     add("--lr", type=number, default=2e-3, help="peak learning rate (default 2e-3)")
     add(
@@ -134,7 +149,12 @@ def train_parser() -> Parser:
         default=64,
         help="tokens per training example, at least 2 (default 64)",
     )
-    add("--batch-size", type=count, default=8, help="blocks per batch (default 8)")
+    add(
+        "--batch-size",
+        type=count,
+        default=8,
+        help="blocks per batch, in each process under torchrun (default 8)",
+    )
     add(
         "--accumulation",
         type=count,
@@ -393,6 +413,11 @@ def _report_coverage(tokenizer, text: str, model_name: str) -> None:
         )
 
 
+def _launch_rank() -> tuple[int, int]:
+    """(rank, number of processes) that torchrun gave this process; (0, 1) alone."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 def _interrupted(signum: int, where: str) -> int:
     print(f"\nInterrupted. {where}", file=sys.stderr)
     return 128 + signum
@@ -427,6 +452,11 @@ def _train(args, parser, targets: list[str], text: str, work: Path) -> int:
     )
 
     _check_device(args.device)
+    rank, world = _launch_rank()
+    if args.device == "cuda" and world > 1:  # under torchrun: local rank k on GPU k
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if rank:  # under torchrun: rank 0 reports, and only rank 0 writes
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
     model, tokenizer = _load_model(
         args.model,
         args.device,
@@ -457,7 +487,7 @@ def _train(args, parser, targets: list[str], text: str, work: Path) -> int:
         r=args.r,
         lora_alpha=args.alpha,
         target_modules=targets,
-        lora_dropout=0.05,
+        lora_dropout=args.dropout,
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(0)  # PEFT draws each A now; Trainer seeds only later
@@ -476,6 +506,7 @@ def _train(args, parser, targets: list[str], text: str, work: Path) -> int:
         evaluate=bool(args.eval_data),
     )
     arguments.logging_nan_inf_filter = False  # a NaN loss must be seen, not hidden
+    arguments.ddp_find_unused_parameters = False  # under torchrun: every factor is used
     checkpoint = CheckpointAdapter(output)
     trainer = make_trainer(
         model,
@@ -496,10 +527,12 @@ def _train(args, parser, targets: list[str], text: str, work: Path) -> int:
     try:
         before = math.exp(trainer.evaluate()["eval_loss"]) if args.eval_data else None
         trainer.train()
-        with deferred_interrupts():
-            save_peft_adapter(model, output, tokenizer if args.merge else None)
-            state["wrote"] = f"{output} holds the finished adapter"
-            checkpoint.epochs_saved = 0
+        if rank == 0:
+            with deferred_interrupts():
+                save_peft_adapter(model, output, tokenizer if args.merge else None)
+                state["wrote"] = f"{output} holds the finished adapter"
+                checkpoint.epochs_saved = 0
+        trainer.accelerator.wait_for_everyone()  # the other ranks wait for the save
         after = math.exp(trainer.evaluate()["eval_loss"]) if args.eval_data else None
     except KeyboardInterrupt:
         signum = signal.SIGTERM if _terminated else signal.SIGINT
@@ -541,13 +574,21 @@ def train(argv: list[str] | None = None) -> int:
         targets, text = _check_train_arguments(args)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         real = args.output.resolve()  # a symbolic link stays; its folder is written
-        with locked(args.output):  # the lock of the real folder
-            # What killed runs left: staging folders, or an adapter set aside, which
-            # is put back and then, as any adapter, replaced only with --overwrite.
-            clean_leftovers(real)
-            _check_output(args.output, args.overwrite)
+        # Under torchrun only rank 0 locks (the real folder's lock), cleans and writes.
+        writer = _launch_rank()[0] == 0
+        with locked(args.output) if writer else contextlib.nullcontext():
+            if writer:
+                # What killed runs left: staging folders, or an adapter set aside, which
+                # is put back and then, as any adapter, replaced only with --overwrite.
+                clean_leftovers(real)
+                _check_output(args.output, args.overwrite)
             # The trainer's scratch folder, beside the output: proves it writable first.
-            work = Path(tempfile.mkdtemp(prefix=staging_prefix(real), dir=real.parent))
+            work = Path(
+                tempfile.mkdtemp(
+                    prefix=staging_prefix(real) if writer else "lora-edu-rank-",
+                    dir=real.parent if writer else None,
+                )
+            )
             try:
                 return _train(args, parser, targets, text, work)
             finally:
@@ -797,3 +838,7 @@ def generate_cli() -> None:
 def experiments_cli() -> None:
     """What python -m lora_edu.experiments runs."""
     _run(experiments_command)
+
+
+if __name__ == "__main__":  # torchrun -m lora_edu.cli: lora-edu-train on each rank
+    train_cli()

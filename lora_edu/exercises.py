@@ -668,5 +668,62 @@ def check_cross_term_norm(answer: float) -> bool:
     return _report(
         math.isclose(answer, expected, abs_tol=1e-3),
         f"The cross terms have norm √2 ≈ {expected:.3f}, as large as ΔW₁ + ΔW₂'s.",
+def check_allreduce_bytes(answer: int) -> bool:
+    """Check the bytes DDP all-reduces a step for Exercise 12.1's adapter. [Ch. 12]
+
+    Llama-3-8B, LoRA r = 8 on q_proj and v_proj, float32 gradients.
+    """
+    answer = _check_integer(answer, "answer")
+    layers, width, kv_width, r = 32, 4096, 1024, 8
+    count = layers * r * ((width + width) + (width + kv_width))
+    expected = 4 * count
+    if answer == count:
+        hint = "That is the number of gradients: each float32 gradient is 4 bytes."
+    elif answer == 2 * count:
+        hint = "The adapter trains in float32, so its gradients take 4 bytes, not 2."
+    elif answer == 4 * layers * r * 2 * (width + width):
+        hint = "v_proj maps 4096 to 8 key/value heads of 128, 1024 numbers, not 4096."
+    else:
+        hint = "Count r·(d_in + d_out) for each adapted layer, times 32 layers, × 4."
+    return _report(answer == expected, f"{expected:,} bytes a step.", hint)
+
+
+def check_zero_stage2_gb(answer: float) -> bool:
+    """Check Exercise 12.2: GB a GPU for Llama-3-8B under ZeRO stage 2 on 4. [Ch. 12]"""
+    from lora_edu.distributed import zero_bytes_per_device
+
+    psi = 8_030_261_248
+    expected = zero_bytes_per_device(psi, 4, 2) / 1e9
+    stages = {s: zero_bytes_per_device(psi, 4, s) / 1e9 for s in (0, 1, 3)}
+    wrong = [s for s, gb in stages.items() if math.isclose(answer, gb, abs_tol=0.01)]
+    if wrong:
+        hint = (
+            f"That is stage {wrong[0]}; stage 2 shards gradients and optimizer states."
+        )
+    elif math.isclose(answer, expected * 1e9 / 2**30, abs_tol=0.01):
+        hint = "That is in GiB (2³⁰ bytes); give GB, 10⁹ bytes."
+    else:
+        hint = "Stage 2 keeps the 2-byte weights whole: 2Ψ + (2 + 12)Ψ / N_d."
+    return _report(
+        math.isclose(answer, expected, abs_tol=0.01), f"{expected:.2f} GB a GPU.", hint
+    )
+
+
+def check_rank_loss_scale(tokens: list[int], rank: int, answer: float) -> bool:
+    """Check the factor a rank's mean loss needs before DDP averages. [Ch. 12, Ex. 12.3]
+
+    tokens: each rank's count of scored tokens this step.
+    """
+    world, total = len(tokens), sum(tokens)
+    expected = world * tokens[rank] / total
+    if math.isclose(answer, tokens[rank] / total, rel_tol=1e-3):
+        hint = "DDP divides the summed gradients by the number of ranks: undo that too."
+    elif math.isclose(answer, 1 / expected, rel_tol=1e-3):
+        hint = "A rank with more tokens must weigh more in the mean, not less."
+    else:
+        hint = "The whole batch's mean weighs each rank's mean by its share of tokens."
+    return _report(
+        math.isclose(answer, expected, rel_tol=1e-3),
+        f"The factor is {expected:.4g}.",
         hint,
     )

@@ -134,7 +134,10 @@ def load_model(name: str = TINY_LLAMA3, load_in_4bit: bool = False):
         ) from None
     quantization = nf4_config(compute_dtype=torch.bfloat16) if load_in_4bit else None
     model = AutoModelForCausalLM.from_pretrained(
-        name, dtype=torch.bfloat16, device_map={"": 0}, quantization_config=quantization
+        name,
+        dtype=torch.bfloat16,
+        device_map={"": torch.cuda.current_device()},
+        quantization_config=quantization,
     )
     return model.eval(), AutoTokenizer.from_pretrained(name)
 

@@ -238,6 +238,8 @@ class CheckpointAdapter(TrainerCallback):
         self.directory, self.epochs_saved = directory, 0
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return  # under torchrun, rank 0 alone writes the output folder
         # The save and its count happen together, so an interrupt's report is true.
         with deferred_interrupts():
             save_peft_adapter(model, self.directory)
@@ -279,7 +281,8 @@ def load_model_4bit(name: str, device: str = "cpu"):
             DATA_DIR,
             dtype=torch.float32,
             quantization_config=nf4_config(compute_dtype=torch.float32),
-            device_map={"": 0} if device == "cuda" else "cpu",
+            # The current GPU: under torchrun, lora-edu-train sets rank k on GPU k.
+            device_map={"": torch.cuda.current_device()} if device == "cuda" else "cpu",
         )
         tokenizer = AutoTokenizer.from_pretrained(DATA_DIR)
     # Trainer evaluates between epochs: without this, bitsandbytes' CPU path would

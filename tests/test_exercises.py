@@ -288,3 +288,44 @@ def test_every_check_is_listed_as_rounded_or_exact():
         "list each new check in ROUNDED_RIGHT_ANSWERS (with its solution's rounded "
         f"answer) or EXACT_ANSWERS: {sorted(checks ^ listed)}"
     )
+def test_check_allreduce_bytes(capsys):
+    check = exercises.check_allreduce_bytes
+    assert verdict(capsys, check, 13_631_488)[0]
+    with pytest.raises(TypeError):
+        check(13.6e6)
+    for wrong, hint in [
+        (3_407_872, "number of gradients"),
+        (6_815_744, "not 2"),
+        (16_777_216, "1024 numbers"),
+        (7, "Count r·(d_in + d_out)"),
+    ]:
+        result, out = verdict(capsys, check, wrong)
+        assert not result and hint in out, out
+
+
+def test_check_zero_stage2_gb(capsys):
+    check = exercises.check_zero_stage2_gb
+    assert verdict(capsys, check, 44.17)[0]  # the solution's rounding
+    assert verdict(capsys, check, 44.166436864)[0]
+    for wrong, hint in [
+        (32.12, "stage 3"),
+        (56.21, "stage 1"),
+        (41.13, "GiB"),
+        (44.2, "2Ψ + (2 + 12)Ψ / N_d"),
+    ]:
+        result, out = verdict(capsys, check, wrong)
+        assert not result and hint in out, out
+
+
+def test_check_rank_loss_scale(capsys):
+    check = exercises.check_rank_loss_scale
+    assert verdict(capsys, check, [3000, 1000], 0, 1.5)[0]
+    assert verdict(capsys, check, [3000, 1000], 1, 0.5)[0]
+    assert verdict(capsys, check, [100, 100, 200], 2, 1.5)[0]
+    for wrong, hint in [
+        (0.75, "number of ranks"),
+        (1 / 1.5, "weigh more"),
+        (1.0, "share of tokens"),
+    ]:
+        result, out = verdict(capsys, check, [3000, 1000], 0, wrong)
+        assert not result and hint in out, out

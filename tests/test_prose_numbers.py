@@ -127,6 +127,12 @@ ALLOWED: dict[str, dict[str, str]] = {
         "10^{-2}": "multi_adapter.SETTINGS['lr'], the adapters' learning rate, a"
         " setting (Chapter 7's), printed by the settings cell as 0.01",
     },
+    "12": {
+        "16 bytes": "ZeRO (Rajbhandari et al., 2020): mixed-precision Adam holds"
+        " 2+2+12 bytes per parameter",
+        "12 bytes": "ZeRO (Rajbhandari et al., 2020): the fp32 master weights, momentum"
+        " and variance of mixed-precision Adam, 4+4+4 bytes per parameter",
+    },
 }
 # Chapters whose prose has not been brought under this rule yet, with the work that will
 # do it. Their test is expected to fail (strictly: once it passes, remove the entry).
