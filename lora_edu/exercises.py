@@ -668,6 +668,13 @@ def check_cross_term_norm(answer: float) -> bool:
     return _report(
         math.isclose(answer, expected, abs_tol=1e-3),
         f"The cross terms have norm √2 ≈ {expected:.3f}, as large as ΔW₁ + ΔW₂'s.",
+        hint,
+    )
+
+
+# --- Chapter 12 -------------------------------------------------------------------
+
+
 def check_allreduce_bytes(answer: int) -> bool:
     """Check the bytes DDP all-reduces a step for Exercise 12.1's adapter. [Ch. 12]
 

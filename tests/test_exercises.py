@@ -256,6 +256,8 @@ ROUNDED_RIGHT_ANSWERS = {
     "check_lora_share": (1024, 4096, 16, 0.0195),
     "check_adapter_gigabytes": (8, 32, [(4096, 4096), (1024, 4096)], 1000, 2, 6.82),
     "check_cross_term_norm": (1.414,),
+    "check_zero_stage2_gb": (44.17,),
+    "check_rank_loss_scale": ([3000, 1000], 0, 1.5),
 }
 EXACT_ANSWERS = {
     "check_rank",
@@ -270,6 +272,7 @@ EXACT_ANSWERS = {
     "check_nf4_codes",
     "check_kbit_cast_count",
     "check_square_lora_budget",
+    "check_allreduce_bytes",
 }
 
 
@@ -288,6 +291,8 @@ def test_every_check_is_listed_as_rounded_or_exact():
         "list each new check in ROUNDED_RIGHT_ANSWERS (with its solution's rounded "
         f"answer) or EXACT_ANSWERS: {sorted(checks ^ listed)}"
     )
+
+
 def test_check_allreduce_bytes(capsys):
     check = exercises.check_allreduce_bytes
     assert verdict(capsys, check, 13_631_488)[0]
