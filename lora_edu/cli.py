@@ -650,6 +650,7 @@ def _generate_base(model: str | None, configs: dict[Path, dict]) -> str:
 
 
 def _broken(folder: Path, config: dict) -> UsageError:
+    """The error for an adapter whose outputs are not finite."""
     return UsageError(
         f"the adapter in {folder} makes the model's outputs NaN or infinite "
         f"(lora_alpha {config['lora_alpha']:g}, r {config['r']}): it is broken"
