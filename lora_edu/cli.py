@@ -655,39 +655,61 @@ def _finite_outputs(model, tokenizer, text: str) -> bool:
         return bool(torch.isfinite(model(ids).logits).all())
 
 
+def _check_adapter_folders(folders: list[Path]) -> None:
+    """Refuse an --adapter that is no folder, or the same folder given twice."""
+    seen = set()
+    for folder in folders:
+        if not folder.is_dir():
+            raise UsageError(f"--adapter {folder} is not a folder")
+        if folder.resolve() in seen:
+            raise UsageError(f"--adapter {folder} is given more than once")
+        seen.add(folder.resolve())
+
+
+def _generate_base(model: str | None, configs: dict[Path, dict]) -> str:
+    """The one base model for --model or for every adapter's config (see base_model)."""
+    fix = f"name the base model with --model ({TINY}, a hub name, or a folder)"
+    if model is not None:
+        return base_model(model, "--model names", fix)
+    bases = {}
+    for folder, config in configs.items():
+        recorded = config.get("base_model_name_or_path")
+        if not isinstance(recorded, str) or not recorded:
+            raise UsageError(
+                f"{folder / ADAPTER_CONFIG} names no base model "
+                f"(base_model_name_or_path); {fix}"
+            )
+        what = f"{folder / ADAPTER_CONFIG} names the base model"
+        bases[folder] = base_model(recorded, what, fix)
+    if len(set(bases.values())) > 1:
+        named = "; ".join(f"{folder} is for {base}" for folder, base in bases.items())
+        raise UsageError(
+            f"the adapters are for different base models ({named}); "
+            "one batch runs on one base model"
+        )
+    return next(iter(bases.values()))
+
+
+def _broken(folder: Path, config: dict) -> UsageError:
+    """The error for an adapter whose outputs are not finite."""
+    return UsageError(
+        f"the adapter in {folder} makes the model's outputs NaN or infinite "
+        f"(lora_alpha {config['lora_alpha']:g}, r {config['r']}): it is broken"
+    )
+
+
 def generate(argv: list[str] | None = None) -> int:
     """Run lora-edu-generate; return its exit status (0 done, 2 bad input)."""
     parser = generate_parser()
     args = parser.parse_args(argv)
-    if len(args.adapter) > 1:
-        from lora_edu.multi_adapter_cli import generate_many
-
-        return generate_many(args, parser)
-    args.adapter = args.adapter[0]
     try:
         _check_prompt(args.prompt)
         if args.model is not None and not args.model.strip():
             raise UsageError(f"--model is empty; name a model, e.g. --model {TINY}")
-        if not args.adapter.is_dir():
-            raise UsageError(f"--adapter {args.adapter} is not a folder")
+        _check_adapter_folders(args.adapter)
         _quiet_imports(args.verbose)
-        from lora_edu.llama import complete
-        from lora_edu.lora import load_adapter
-
-        config = _check_adapter(args.adapter)
-        fix = f"name the base model with --model ({TINY}, a hub name, or a folder)"
-        if args.model is not None:
-            base = base_model(args.model, "--model names", fix)
-        else:
-            recorded = config.get("base_model_name_or_path")
-            if not isinstance(recorded, str) or not recorded:
-                raise UsageError(
-                    f"{args.adapter / ADAPTER_CONFIG} names no base model "
-                    f"(base_model_name_or_path); {fix}"
-                )
-            base = base_model(
-                recorded, f"{args.adapter / ADAPTER_CONFIG} names the base model", fix
-            )
+        configs = {folder: _check_adapter(folder) for folder in args.adapter}
+        base = _generate_base(args.model, configs)
         _check_device(args.device)
         model, tokenizer = _load_model(
             base,
@@ -703,30 +725,62 @@ def generate(argv: list[str] | None = None) -> int:
                 f"{args.max_new_tokens} that is more than the {context} positions "
                 f"{base} reads at once: shorten the prompt or ask for fewer tokens"
             )
-        before = (
-            complete(model, tokenizer, args.prompt, args.max_new_tokens)
-            if args.compare
-            else None
-        )
-        try:
-            load_adapter(model, args.adapter)
-        except (OSError, ValueError) as error:
-            raise UsageError(str(error)) from None
-        after = complete(model.eval(), tokenizer, args.prompt, args.max_new_tokens)
-        if not _finite_outputs(model, tokenizer, args.prompt + after):
-            raise UsageError(
-                f"the adapter in {args.adapter} makes the model's outputs NaN or "
-                f"infinite (lora_alpha {config['lora_alpha']:g}, r {config['r']}): "
-                "it is broken"
-            )
+        if len(args.adapter) > 1:
+            rows = _generate_rows(args, model, tokenizer, configs)
+        else:
+            rows = _generate_one(args, model, tokenizer, configs)
     except UsageError as error:
         parser.error(str(error))
-    if args.compare:
-        print(f"base model ({base}):\n  {args.prompt}{before}")
-        print(f"with the adapter ({args.adapter}):\n  {args.prompt}{after}")
-    else:
-        print(f"{args.prompt}{after}")
+    if len(rows) == 1:
+        print(f"{args.prompt}{rows[0][1]}")
+        return 0
+    for folder, answer in rows:
+        title = (
+            f"base model ({base})" if folder is None else f"with the adapter ({folder})"
+        )
+        print(f"{title}:\n  {args.prompt}{answer}")
     return 0
+
+
+def _generate_one(args, model, tokenizer, configs: dict[Path, dict]) -> list:
+    """[(None, base answer) under --compare, (folder, answer)] of one adapter."""
+    from lora_edu.llama import complete
+    from lora_edu.lora import load_adapter
+
+    [(folder, config)] = configs.items()
+    rows = []
+    if args.compare:
+        rows.append(
+            (None, complete(model, tokenizer, args.prompt, args.max_new_tokens))
+        )
+    try:
+        load_adapter(model, folder)
+    except (OSError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    answer = complete(model.eval(), tokenizer, args.prompt, args.max_new_tokens)
+    if not _finite_outputs(model, tokenizer, args.prompt + answer):
+        raise _broken(folder, config)
+    return [*rows, (folder, answer)]
+
+
+def _generate_rows(args, model, tokenizer, configs: dict[Path, dict]) -> list:
+    """[(folder or None for the base, answer)], all in one mixed batch (Chapter 11)."""
+    from lora_edu.multi_adapter import adapter_rows
+    from lora_edu.multi_adapter_cli import generate_many
+
+    rows = generate_many(
+        model, tokenizer, list(configs), args.prompt, args.max_new_tokens, args.compare
+    )
+    for folder, answer in rows:
+        with adapter_rows(model, [None if folder is None else str(folder)]):
+            if _finite_outputs(model, tokenizer, args.prompt + answer):
+                continue
+        if folder is None:
+            raise UsageError(
+                "the base model's outputs are NaN or infinite: it is broken"
+            )
+        raise _broken(folder, configs[folder])
+    return rows
 
 
 def _check_grid_output(output: Path) -> None:

@@ -2,9 +2,15 @@
 
 import copy
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from lora_edu import cli
 from lora_edu.llama import complete, load_model
@@ -12,6 +18,8 @@ from lora_edu.lora import load_adapter
 from lora_edu.multi_adapter import adapter_folder
 
 WEATHER, MOVES = adapter_folder("weather", 0), adapter_folder("moves", 0)
+ROOT = Path(__file__).parents[1]
+GENERATE = "from lora_edu.cli import generate_cli; generate_cli()"
 
 
 def run(args, capsys):
@@ -103,3 +111,105 @@ def test_an_adapter_that_does_not_fit_the_model_is_a_one_line_error(tmp_path, ca
     )
     assert status == 2 and out == "" and len(err.splitlines()) == 1
     assert "does not fit" in err, err
+
+
+# --- the same checks as with one adapter ----------------------------------------
+
+
+def moved(folder, copy_to, **config_changes):
+    """A copy of an adapter folder, its config changed as config_changes says."""
+    shutil.copytree(folder, copy_to)
+    config = json.loads((copy_to / "adapter_config.json").read_text())
+    (copy_to / "adapter_config.json").write_text(
+        json.dumps({**config, **config_changes})
+    )
+    return copy_to
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        (
+            "truncated",
+            "adapter_model.safetensors is not a safetensors file we can read",
+        ),
+        ("alpha 1e300", r"lora_alpha 1e\+300 scales the update by 1.25e\+299"),
+    ],
+)
+def test_a_damaged_adapter_is_refused_before_loading(
+    case, message, tmp_path, capsys, no_model
+):
+    damaged = moved(MOVES, tmp_path / "damaged")
+    if case == "truncated":
+        weights = damaged / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        damaged = moved(MOVES, tmp_path / "alpha", lora_alpha=1e300)
+    status, out, err = run(
+        ["--prompt", "Hi", "--adapter", WEATHER, "--adapter", damaged], capsys
+    )
+    assert status == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert re.search(message, err), err
+
+
+def test_an_adapter_whose_outputs_overflow_is_refused_before_printing(tmp_path, capsys):
+    # Each factor finite, their product B·A beyond float32: that row's logits overflow.
+    damaged = moved(MOVES, tmp_path / "huge")
+    weights = damaged / "adapter_model.safetensors"
+    save_file({k: v * 1e25 for k, v in load_file(weights).items()}, weights)
+    adapters = ["--adapter", WEATHER, "--adapter", damaged]
+    status, out, err = run(
+        ["--prompt", "Hi", "--max-new-tokens", 2, "--compare", *adapters], capsys
+    )
+    assert status == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert f"the adapter in {damaged} makes the model's outputs NaN or infinite" in err
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line():
+    adapters = ["--adapter", WEATHER, "--adapter", MOVES]
+    done = subprocess.run(
+        [sys.executable, "-c", GENERATE, *adapters, "--prompt", b"caf\xe9"],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": "C"},
+    )
+    assert (done.returncode, done.stdout) == (2, b"")
+    assert done.stderr == (
+        b"lora-edu-generate: error: --prompt is not valid UTF-8: byte 3 is 0xe9; "
+        b"write it in your terminal's encoding, or set a UTF-8 locale "
+        b"(e.g. LC_ALL=C.UTF-8)\n"
+    )
+
+
+def test_a_prompt_longer_than_the_models_context_is_one_line(capsys):
+    prompt = "On Monday, Oslo will be warm. " * 40
+    status, out, err = run(
+        ["--prompt", prompt, "--adapter", WEATHER, "--adapter", MOVES], capsys
+    )
+    assert status == 2 and out == ""
+    assert re.fullmatch(
+        r"lora-edu-generate: error: --prompt is \d+ tokens long; with --max-new-tokens "
+        "20 that is more than the 256 positions tiny-llama3 reads at once: shorten "
+        "the prompt or ask for fewer tokens\n",
+        err,
+    ), err
+
+
+def test_model_names_the_base_when_the_adapters_configs_cannot(tmp_path, capsys):
+    lost = "/home/ada/models/mine"  # where the adapters were trained: not here
+    folders = [
+        moved(folder, tmp_path / folder.name, base_model_name_or_path=lost)
+        for folder in (WEATHER, MOVES)
+    ]
+    adapters = [x for folder in folders for x in ("--adapter", folder)]
+    args = ["--prompt", "Alice lives in", "--max-new-tokens", 4, *adapters]
+    status, out, err = run(args, capsys)
+    assert status == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert f"names the base model {lost}, which does not exist on this machine" in err
+    status, out, err = run([*args, "--model", "tiny-llama3"], capsys)
+    assert (status, err) == (0, "")
+    recorded = ["--adapter", WEATHER, "--adapter", MOVES]
+    status, expected, _ = run([*args[:4], *recorded], capsys)
+    assert status == 0
+    assert out == expected.replace(str(WEATHER), str(folders[0])).replace(
+        str(MOVES), str(folders[1])
+    )
