@@ -29,6 +29,7 @@ from lora_edu.lora import inject_lora
 RESULTS_DIR = Path(__file__).parent / "data" / "cost"
 RESULTS = "cpu_grid.json"
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+LEDGER = ("weights", "gradients", "optimizer", "activations")
 
 
 def storage_key(t: torch.Tensor) -> int:
@@ -385,13 +386,13 @@ def fitted_slope(x, y) -> float:
 # The grids: one setting varies, the others stay at BASE.
 BASE = {"width": 256, "batch": 4, "seq": 128, "r": 8}
 SWEEPS = {
-    "r": [2, 8, 32, 128],
+    "r": [1, 4, 16, 64],
     "seq": [64, 128, 256, 512],
     "batch": [1, 2, 4, 8],
     "width": [128, 256, 512, 1024],
 }
 RATIO_WIDTHS = [256, 512, 1024, 2048]
-QUICK = {"r": [2, 32], "seq": [64, 256], "batch": [1, 4], "width": [128, 512]}
+QUICK = {"r": [2, 16], "seq": [64, 256], "batch": [1, 4], "width": [128, 512]}
 
 
 def run_grid(sweeps: dict, widths: list[int], layers: int = 2) -> dict:
