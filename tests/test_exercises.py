@@ -192,3 +192,40 @@ def test_require_is_silent_on_a_right_answer_and_raises_the_hint_on_a_wrong_one(
     with pytest.raises(AssertionError, match="too high"):
         exercises.require(exercises.check_rank, M, 3)
     assert capsys.readouterr().out == ""
+
+
+def test_check_full_finetune_gigabytes(capsys):
+    n = 8_030_261_248
+    assert verdict(capsys, exercises.check_full_finetune_gigabytes, n, 128.48)[0]
+    for wrong, hint in [
+        (12 * n / 1e9, "master copy"),
+        (16 * n / 2**30, "GiB"),
+        (2 * n / 1e9, "3 × 4"),
+    ]:
+        result, out = verdict(capsys, exercises.check_full_finetune_gigabytes, n, wrong)
+        assert not result and hint in out, out
+
+
+def test_check_lora_flop_ratio(capsys):
+    args = (1_000_000_000, 4_000_000)
+    assert verdict(capsys, exercises.check_lora_flop_ratio, *args, 0.6707)[0]
+    for wrong, hint in [
+        (0.004, "still run forward"),
+        (0.5, "twice the forward"),
+        (2 / 3 * 1.1, "Per weight and token"),
+    ]:
+        result, out = verdict(capsys, exercises.check_lora_flop_ratio, *args, wrong)
+        assert not result and hint in out, out
+
+
+def test_check_adapter_file_bytes(capsys):
+    args = (96, 12288, 4, 2, 2)
+    assert verdict(capsys, exercises.check_adapter_file_bytes, *args, 37_748_736)[0]
+    for wrong, hint in [
+        (18_874_368, "bytes each one takes"),
+        (35_000_000, "2·d·r values"),
+    ]:
+        result, out = verdict(capsys, exercises.check_adapter_file_bytes, *args, wrong)
+        assert not result and hint in out, out
+    with pytest.raises(TypeError):
+        exercises.check_adapter_file_bytes(*args, 37.7e6)
