@@ -62,7 +62,7 @@ class SavedActivations:
             self.tensors.append(t)
         return t
 
-    def __enter__(self) -> SavedActivations:
+    def __enter__(self):
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._hooks.__enter__()
         return self
@@ -404,7 +404,7 @@ def run_grid(sweeps: dict, widths: list[int], layers: int = 2) -> dict:
         ]
         print(f"{knob}: done", flush=True)
     for width in widths:
-        row = lora_vs_full(width, layers, batch=2, seq=128)
+        row = lora_vs_full(width, layers, batch=2, seq=128, repeats=3)
         results["ratios"].append(row)
         print(f"width {width}: LoRA/full {row['ratio']:.3f}", flush=True)
     return results
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="a small grid, for trying the command"
     )
     parser.add_argument(
-        "--threads", type=int, default=2, help="torch threads (default 2)"
+        "--threads", type=int, default=1, help="torch threads (default 1)"
     )
     args = parser.parse_args(argv)
     if args.output.exists() and not args.output.is_dir():

@@ -34,6 +34,7 @@ WRONG = {
     "07_lora_paper_experiments": ("q7_1", "budget_r4", "2 * 12288 * 4 * 4"),
     "08_lora_variants": ("q8_1", "alpha_plain", "16 / math.sqrt(64)"),
     "09_qlora_from_first_principles": ("q9_3", "cast_count", "2 * 128256 * 8192"),
+    "10_lora_cost": ("q10_2", "flop_ratio", "0.5"),
 }
 
 # Right answers reached the way the exercise suggests, which must keep full marks:
