@@ -35,6 +35,7 @@ def code(text, tags=None):
     cells.append(cell)
 
 
+code("# The Colab setup cell: tools/colab_setup.py writes it.")
 md(r"""
 # What LoRA costs and what it saves
 
@@ -239,7 +240,7 @@ for method, run in gpu["runs"].items():
 """)
 
 md(r"""
-Full fine-tuning of the 8B shape fitted on the card, just: `memory_table` plus the activation formula predicts most of the peak, and the hooks' count of activations on the GPU matches the formula as it does on the CPU. The peak is higher than the sum by several gigabytes for every method: the backward pass holds gradients of activations, the logits and their float32 copy, and (for QLoRA) the dequantized weight of the layer being computed, none of which lives from one step to the next.
+Full fine-tuning of the 8B shape fitted on the card, with little to spare: `memory_table` plus the activation formula predicts most of the peak, and the hooks' count of activations on the GPU matches the formula as it does on the CPU. The peak is higher than the sum by several gigabytes for every method: the backward pass holds gradients of activations, the logits and their float32 copy, and (for QLoRA) the dequantized weight of the layer being computed, none of which lives from one step to the next.
 
 ## 2. The paper's 1.2 TB and 350 GB, rebuilt
 
@@ -354,9 +355,9 @@ print(f"measured ratio below the FLOP count at every stored width: {below}")
 """)
 
 md(r"""
-Read the stored table with its source in mind: each ratio is one run's minimum of interleaved steps on a shared machine, one sample per width. The FLOP count predicts a ratio just above two thirds at every width. The measured LoRA steps are *cheaper* than that, as the check below the table confirms, and so is the H200's. The count leaves out:
+Read the stored table with its source in mind: each ratio is one run's minimum of interleaved steps on a shared machine, one sample per width. The FLOP count predicts a ratio just above two thirds at every width. The measured LoRA steps are *cheaper* than that, as the check printed with the table confirms, and so is the H200's. The count leaves out:
 
-- **the optimizer step.** AdamW reads and writes about 16 bytes per trained parameter and does about a dozen element-wise operations on each: nearly nothing for LoRA, a pass over every weight for full fine-tuning. It is memory traffic, not matmuls, so the FLOP count does not see it, yet it makes the full step slower and the ratio smaller. On the H200 our mixed-precision optimizer also steps one parameter at a time, which makes the full step slower still;
+- **the optimizer step.** AdamW reads and writes about 16 bytes per trained parameter and does about a dozen element-wise operations on each: nearly nothing for LoRA, a pass over every weight for full fine-tuning. It is memory traffic, not matmuls, so the FLOP count does not see it, yet it makes the full step slower and the ratio smaller. On the H200 our mixed-precision optimizer also steps one parameter at a time, which adds per-parameter overhead to the full step;
 - **attention's products** and the **element-wise work** (norms, SiLU, rotary embedding, the loss over the vocabulary): the same for both methods, they pull the ratio towards 1;
 - **memory traffic and fixed overheads**: small matmuls do not run at the machine's peak rate, and both methods launch about the same number of operations.
 
@@ -474,7 +475,7 @@ print(f"step time with ÷ without checkpointing: {times[True] / times[False]:.2f
 """, tags=["nbval-ignore-output"])
 
 md(r"""
-The activation ratio is a compared output: the hooks see only the layers' inputs kept by the checkpoints, plus the loss's log-softmax and the final norm, which lie outside the checkpointed layers. At this small width the vocabulary term is a large part of what is left, so the saving is smaller than it would be on a real model, where the layers dominate. The time ratio is a timing, so it is not compared; on a quiet machine it comes out near the predicted 1.5 (recomputing also re-runs the element-wise work, which the FLOP count does not see).
+The activation ratio is a compared output: the hooks see only the layers' inputs kept by the checkpoints, plus the loss's log-softmax and the final norm, which lie outside the checkpointed layers. At this small width the vocabulary term is a large part of what is left, so the saving is smaller than it would be on a real model, where the layers dominate. The time ratio is a timing, so it is not compared; in our runs it came out near the predicted 1.5 (recomputing also re-runs the element-wise work, which the FLOP count does not see).
 
 ## 6. Checkpoints: the adapter file against the full model
 
@@ -518,7 +519,7 @@ print(f"the adapter is {full_gpt3 / lora_gpt3:,.0f}× smaller")
 """)
 
 md(r"""
-The arithmetic reproduces the paper's 350 GB exactly, and its 35 MB approximately: $2\cdot12288\cdot4\cdot2\cdot96$ values of 2 bytes are 37.7 MB, or 36.0 MiB. The paper's figure is a rounded one, and the ratio, printed above, is close to its 10,000×. The adapter file is small, and many adapters share one base model.
+The arithmetic gives the paper's 350 GB exactly, and its 35 MB approximately: $2\cdot12288\cdot4\cdot2\cdot96$ values of 2 bytes are 37.7 MB, or 36.0 MiB. The paper's figure is a rounded one, and the ratio, printed above, is close to its 10,000×. The adapter file is small, and many adapters share one base model.
 
 ## 7. Inference: merged, unmerged, base
 
@@ -583,7 +584,7 @@ check_full_finetune_gigabytes(params=8_030_261_248, answer=...)
 <details>
 <summary>Solution</summary>
 
-Each parameter costs 2 + 2 bytes in bf16 and 3 × 4 bytes in float32: 16 bytes, so about 128.48 GB. The H200 run above needed that plus activations and backward-pass temporaries, close to the card's whole memory.
+Each parameter costs 2 + 2 bytes in bf16 and 3 × 4 bytes in float32: 16 bytes, so about 128.48 GB. The H200 run above needed that plus activations and backward-pass temporaries: most of the card's memory.
 
 ```python
 from lora_edu.exercises import check_full_finetune_gigabytes
@@ -635,7 +636,7 @@ check_adapter_file_bytes(
 <details>
 <summary>Solution</summary>
 
-$A$ and $B$ hold $2dr$ values per matrix: $2\cdot12288\cdot4\cdot2\cdot96 = 18{,}874{,}368$ values, times 2 bytes: 37,748,736 bytes, 37.7 MB or 36.0 MiB. The paper rounds it to 35 MB.
+$A$ and $B$ hold $2dr$ values per matrix: $2\cdot12288\cdot4\cdot2\cdot96 = 18{,}874{,}368$ values, times 2 bytes: 37,748,736 bytes, 37.7 MB or 36.0 MiB. The paper gives 35 MB without its arithmetic.
 
 ```python
 from lora_edu.exercises import check_adapter_file_bytes
