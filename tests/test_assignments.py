@@ -195,3 +195,28 @@ def readable(path):
         cases = [c for suite in namespace["test"]["suites"] for c in suite["cases"]]
         return "\n".join(case["code"] for case in cases)
     return path.read_text(errors="ignore")
+
+
+# Chapter 10's questions, each with a wrong answer of the right type: the hidden tests
+# must take the reference solution and refuse the wrong one (no grader run needed).
+WRONG_EACH = [
+    ("10_lora_cost", "q10_1", "full_gb", 12 * 8_030_261_248 / 1e9),
+    ("10_lora_cost", "q10_2", "flop_ratio", 0.5),
+    ("10_lora_cost", "q10_3", "adapter_bytes", 2 * 12288 * 4 * 2 * 96),
+]
+
+
+@pytest.mark.parametrize(("name", "question", "variable", "wrong"), WRONG_EACH)
+def test_hidden_tests_take_the_solution_and_refuse_a_wrong_answer(
+    name, question, variable, wrong
+):
+    ((solution, hidden),) = [
+        (q[3], q[4]) for q in assignments.questions(MASTERS[name]) if q[0] == question
+    ]
+    right = {}
+    exec(solution, right)
+    for test in hidden:
+        exec(test, dict(right))
+    for test in hidden:
+        with pytest.raises(AssertionError):
+            exec(test, {variable: wrong})
