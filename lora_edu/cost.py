@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lora_edu.files import replaced_folder
+from lora_edu.files import foreign_names, replaced_folder
 from lora_edu.lora import inject_lora
 
 RESULTS_DIR = Path(__file__).parent / "data" / "cost"
@@ -432,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.output.exists() and not args.output.is_dir():
         parser.error(f"--output {args.output} is a file, not a folder")
+    foreign = foreign_names(args.output, [RESULTS])
+    if foreign:
+        parser.error(f"--output {args.output} holds files that are not ours: {foreign}")
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)

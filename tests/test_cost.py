@@ -134,3 +134,12 @@ def test_command_rejects_a_file_as_output(tmp_path, capsys):
         cost.main(["--output", str(target), "--quick"])
     assert exit_info.value.code == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_command_refuses_a_folder_of_other_files_before_measuring(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        cost.main(["--output", str(tmp_path), "--quick"])
+    assert exit_info.value.code == 2
+    assert "not ours" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
