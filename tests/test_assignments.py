@@ -200,7 +200,7 @@ def readable(path):
 # Chapter 10's questions, each with a wrong answer of the right type: the hidden tests
 # must take the reference solution and refuse the wrong one (no grader run needed).
 WRONG_EACH = [
-    ("10_lora_cost", "q10_1", "full_gb", 12 * 8_030_261_248 / 1e9),
+    ("10_lora_cost", "q10_1", "full_gb", 12 * 2_500_000_000 / 1e9),
     ("10_lora_cost", "q10_2", "flop_ratio", 0.5),
     ("10_lora_cost", "q10_3", "adapter_bytes", 2 * 12288 * 4 * 2 * 96),
 ]
