@@ -585,6 +585,69 @@ def check_amplification_factor(
     )
 
 
+# --- Chapter 10 -------------------------------------------------------------------
+
+
+def check_full_finetune_gigabytes(params: int, answer: float) -> bool:
+    """Check claimed GB of weights, gradients, AdamW states, to 1%. [Ch. 10, Ex. 10.1]
+
+    Mixed precision: bf16 weights and gradients, float32 master and two moments.
+    """
+    params = _check_integer(params, "params")
+    expected = 16 * params / 1e9
+    if math.isclose(answer, 12 * params / 1e9, rel_tol=1e-2):
+        hint = "Adam keeps two moments, and mixed precision a float32 master copy too."
+    elif math.isclose(answer, 16 * params / 2**30, rel_tol=1e-2):
+        hint = "That is GiB (2³⁰ bytes); the question asks for GB (10⁹ bytes)."
+    else:
+        hint = "Add 2 (bf16 weight) + 2 (bf16 gradient) + 3 × 4 (float32) bytes each."
+    return _report(
+        math.isclose(answer, expected, rel_tol=1e-2),
+        f"16 bytes a parameter: {expected:.2f} GB before any activation.",
+        hint,
+    )
+
+
+def check_lora_flop_ratio(params: int, adapter: int, answer: float) -> bool:
+    """Check a claimed LoRA ÷ full training FLOPs, to 0.5%. [Ch. 10, Exercise 10.2]
+
+    params frozen matmul weights, adapter trainable LoRA weights beside them.
+    """
+    params = _check_integer(params, "params")
+    adapter = _check_integer(adapter, "adapter")
+    # Forward 2, input gradient 2 for every weight; weight gradient 2 for the trained.
+    expected = (4 * (params + adapter) + 2 * adapter) / (6 * params)
+    if math.isclose(answer, adapter / params, rel_tol=5e-3):
+        hint = "The frozen weights still run forward and pass gradients back."
+    elif math.isclose(answer, 0.5, rel_tol=5e-3):
+        hint = "The backward pass costs twice the forward: 2 for the input gradient, "
+        hint += "2 for the weight gradient, per weight and token."
+    else:
+        hint = "Per weight and token: 2 forward, 2 input gradient, 2 weight gradient."
+    return _report(
+        math.isclose(answer, expected, rel_tol=5e-3),
+        f"The count predicts {expected:.4f} of a full step.",
+        hint,
+    )
+
+
+def check_adapter_file_bytes(
+    layers: int, width: int, r: int, matrices: int, bytes_per_value: int, answer: int
+) -> bool:
+    """Check claimed bytes of a LoRA checkpoint on square matrices. [Ch. 10, 10.3]"""
+    answer = _check_integer(answer, "answer")
+    expected = 2 * width * r * matrices * layers * bytes_per_value
+    if answer * bytes_per_value == expected:
+        hint = "That is the number of values: multiply by the bytes each one takes."
+    elif answer * 2 == expected:
+        hint = "Each adapted matrix stores two factors, A (r×d) and B (d×r)."
+    else:
+        hint = "2·d·r values per adapted matrix per layer, times bytes per value."
+    return _report(
+        answer == expected, f"{expected:,} bytes ({expected / 1e6:.1f} MB).", hint
+    )
+
+
 # --- Chapter 11 -------------------------------------------------------------------
 
 

@@ -58,6 +58,9 @@ WRONG = {
     "q9_1": ("nf4_codes", "[12, 0, 8, 15]"),  # not divided by the absmax
     "q9_2": ("bits_128", "4 + 32 / 128"),  # no double quantization
     "q9_3": ("cast_count", "2 * 128256 * 8192"),  # the norms forgotten
+    "q10_1": ("full_gb", "12 * 2_500_000_000 / 1e9"),  # no float32 master copy
+    "q10_2": ("flop_ratio", "0.5"),  # the frozen weights' input gradients forgotten
+    "q10_3": ("adapter_bytes", "2 * 12288 * 4 * 2 * 96"),  # values, not bytes
     "q11_1": (  # the FLOPs of both products counted, not the share
         "share_k_proj",
         "2 * 16 * (1024 + 4096) / (1024 * 4096)",

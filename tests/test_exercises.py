@@ -258,6 +258,8 @@ ROUNDED_RIGHT_ANSWERS = {
     "check_cross_term_norm": (1.414,),
     "check_zero_stage2_gb": (44.17,),
     "check_rank_loss_scale": ([3000, 1000], 0, 1.5),
+    "check_full_finetune_gigabytes": (8_030_261_248, 128.48),
+    "check_lora_flop_ratio": (1_000_000_000, 4_000_000, 0.6707),
 }
 EXACT_ANSWERS = {
     "check_rank",
@@ -273,6 +275,7 @@ EXACT_ANSWERS = {
     "check_kbit_cast_count",
     "check_square_lora_budget",
     "check_allreduce_bytes",
+    "check_adapter_file_bytes",
 }
 
 
@@ -334,3 +337,40 @@ def test_check_rank_loss_scale(capsys):
     ]:
         result, out = verdict(capsys, check, [3000, 1000], 0, wrong)
         assert not result and hint in out, out
+
+
+def test_check_full_finetune_gigabytes(capsys):
+    n = 8_030_261_248
+    assert verdict(capsys, exercises.check_full_finetune_gigabytes, n, 128.48)[0]
+    for wrong, hint in [
+        (12 * n / 1e9, "master copy"),
+        (16 * n / 2**30, "GiB"),
+        (2 * n / 1e9, "3 × 4"),
+    ]:
+        result, out = verdict(capsys, exercises.check_full_finetune_gigabytes, n, wrong)
+        assert not result and hint in out, out
+
+
+def test_check_lora_flop_ratio(capsys):
+    args = (1_000_000_000, 4_000_000)
+    assert verdict(capsys, exercises.check_lora_flop_ratio, *args, 0.6707)[0]
+    for wrong, hint in [
+        (0.004, "still run forward"),
+        (0.5, "twice the forward"),
+        (2 / 3 * 1.1, "Per weight and token"),
+    ]:
+        result, out = verdict(capsys, exercises.check_lora_flop_ratio, *args, wrong)
+        assert not result and hint in out, out
+
+
+def test_check_adapter_file_bytes(capsys):
+    args = (96, 12288, 4, 2, 2)
+    assert verdict(capsys, exercises.check_adapter_file_bytes, *args, 37_748_736)[0]
+    for wrong, hint in [
+        (18_874_368, "bytes each one takes"),
+        (35_000_000, "2·d·r values"),
+    ]:
+        result, out = verdict(capsys, exercises.check_adapter_file_bytes, *args, wrong)
+        assert not result and hint in out, out
+    with pytest.raises(TypeError):
+        exercises.check_adapter_file_bytes(*args, 37.7e6)
