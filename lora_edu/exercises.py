@@ -177,23 +177,21 @@ def check_approximation_error(A, k: int, answer: float) -> bool:
     )
 
 
-def check_lora_parameter_count(d: int, k: int, r: int, answer: int) -> bool:
-    """Check a claimed count of LoRA parameters for a d×k weight at rank r.
+def check_lora_parameter_count(d_out: int, d_in: int, r: int, answer: int) -> bool:
+    """Check a claimed count of LoRA parameters for a d_out×d_in weight at rank r.
 
     [Ch. 3, Exercise 3.2]
     """
     answer = _check_integer(answer, "answer")
-    expected = linalg.factored_size(d, k, r)
-    hint = "B is d×r and A is r×k; count the entries of both."
-    if answer == d * k:
-        hint = (
-            "That is the size of the full weight. LoRA stores only B (d×r) and A (r×k)."
-        )
-    elif answer == r * max(d, k) or answer == r * min(d, k):
-        hint = "You counted one factor. Add the other: B is d×r and A is r×k."
+    expected = linalg.factored_size(d_out, d_in, r)
+    hint = "B is d_out×r and A is r×d_in; count the entries of both."
+    if answer == d_out * d_in:
+        hint = "That is the size of the full weight. LoRA stores only B and A."
+    elif answer in (r * d_out, r * d_in):
+        hint = "You counted one factor. Add the other: B is d_out×r and A is r×d_in."
     return _report(
         answer == expected,
-        f"r(d + k) = {expected:,} numbers instead of {d * k:,}.",
+        f"r(d_out + d_in) = {expected:,} numbers instead of {d_out * d_in:,}.",
         hint,
     )
 
