@@ -181,6 +181,9 @@ def sandbox_command(scratch: Path, hidden: list[Path]) -> list[str]:
     command = [shutil.which("bwrap"), "--unshare-all", "--die-with-parent"]
     command += ["--new-session", "--ro-bind", "/", "/", "--dev", "/dev"]
     command += ["--proc", "/proc", "--tmpfs", "/dev/shm", "--tmpfs", "/run"]
+    # The scratch comes first, so that what follows applies under /tmp too (a course
+    # checked out there): mounts made later lie on top of it.
+    command += ["--bind", str(scratch), "/tmp"]
     keep = [package_folder(), Path(sys.prefix).resolve()]
     # Only existing folders, and not one inside another (its tmpfs is read-only).
     hidden = [f for f in hidden if f.is_dir() and f != Path("/")]
@@ -192,7 +195,13 @@ def sandbox_command(scratch: Path, hidden: list[Path]) -> list[str]:
         for inside in (k for k in keep if k.is_relative_to(folder)):
             command += ["--ro-bind", str(inside), str(inside)]
         command += ["--remount-ro", str(folder)]
-    return [*command, "--bind", str(scratch), "/tmp", "--chdir", "/tmp"]
+    # What is kept and lay under /tmp outside every hidden folder: visible again.
+    for inside in keep:
+        if inside.is_relative_to("/tmp") and not any(
+            inside.is_relative_to(folder) for folder in hidden
+        ):
+            command += ["--ro-bind", str(inside), str(inside)]
+    return [*command, "--chdir", "/tmp"]
 
 
 def limit_resources(memory_gib: float):
