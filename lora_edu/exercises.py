@@ -620,6 +620,9 @@ def check_lora_flop_ratio(params: int, adapter: int, answer: float) -> bool:
     elif math.isclose(answer, 0.5, rel_tol=5e-3):
         hint = "The backward pass costs twice the forward: 2 for the input gradient, "
         hint += "2 for the weight gradient, per weight and token."
+    elif math.isclose(answer, 2 / 3, rel_tol=2e-3) and adapter:
+        hint = "Two thirds is the frozen weights alone; the adapter's weights also run "
+        hint += "forward and back and compute their own gradient: 4(N + N_a) + 2N_a."
     else:
         hint = "Per weight and token: 2 forward, 2 input gradient, 2 weight gradient."
     return _report(
@@ -635,10 +638,13 @@ def check_adapter_file_bytes(
     """Check claimed bytes of a LoRA checkpoint on square matrices. [Ch. 10, 10.3]"""
     answer = _check_integer(answer, "answer")
     expected = 2 * width * r * matrices * layers * bytes_per_value
-    if answer * bytes_per_value == expected:
+    if answer * 2 == expected:
+        # With 2 bytes per value, "forgot the bytes" and "one factor only" coincide.
+        hint = "That is half: either the count of values (multiply by the bytes each "
+        hint += "takes) or one factor only (each adapted matrix stores A, r×d, and B, "
+        hint += "d×r)."
+    elif answer * bytes_per_value == expected:
         hint = "That is the number of values: multiply by the bytes each one takes."
-    elif answer * 2 == expected:
-        hint = "Each adapted matrix stores two factors, A (r×d) and B (d×r)."
     else:
         hint = "2·d·r values per adapted matrix per layer, times bytes per value."
     return _report(

@@ -357,6 +357,7 @@ def test_check_lora_flop_ratio(capsys):
     for wrong, hint in [
         (0.004, "still run forward"),
         (0.5, "twice the forward"),
+        (2 / 3, "frozen weights alone"),
         (2 / 3 * 1.1, "Per weight and token"),
     ]:
         result, out = verdict(capsys, exercises.check_lora_flop_ratio, *args, wrong)
@@ -367,10 +368,15 @@ def test_check_adapter_file_bytes(capsys):
     args = (96, 12288, 4, 2, 2)
     assert verdict(capsys, exercises.check_adapter_file_bytes, *args, 37_748_736)[0]
     for wrong, hint in [
-        (18_874_368, "bytes each one takes"),
+        (18_874_368, "either the count of values"),
+        (18_874_368, "one factor only"),
         (35_000_000, "2·d·r values"),
     ]:
         result, out = verdict(capsys, exercises.check_adapter_file_bytes, *args, wrong)
         assert not result and hint in out, out
+    # With 4 bytes per value the count of values is a quarter, not a half.
+    fp32 = (96, 12288, 4, 2, 4)
+    result, out = verdict(capsys, exercises.check_adapter_file_bytes, *fp32, 18_874_368)
+    assert not result and "bytes each one takes" in out, out
     with pytest.raises(TypeError):
         exercises.check_adapter_file_bytes(*args, 37.7e6)
