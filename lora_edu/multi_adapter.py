@@ -3,7 +3,7 @@
 The chapter trains adapters for two tasks, serves them from one base model in one
 batch, and combines them. The adapters it reads are trained by this command:
 
-    python -m lora_edu.multi_adapter            # rewrites lora_edu/data/many-adapters
+    python -m lora_edu.multi_adapter --overwrite  # rewrites lora_edu/data/many-adapters
     python -m lora_edu.multi_adapter --output /tmp/adapters --seeds 0
 """
 
