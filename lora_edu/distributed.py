@@ -266,10 +266,6 @@ def main(argv: list[str] | None = None) -> None:
         dist.destroy_process_group()
 
 
-if __name__ == "__main__":
-    main()
-
-
 def llama3_70b_config():
     """Meta-Llama-3-70B's published configuration. [Ch. 12]
 
@@ -301,3 +297,7 @@ def fsdp_memory_table(model: nn.Module, gpus: tuple = (2, 4, 8)) -> list[dict]:
         {"method": row["method"]} | {n: row["total"] / n for n in gpus}
         for row in memory_table(model)
     ]
+
+
+if __name__ == "__main__":
+    main()
